@@ -1,0 +1,114 @@
+"""Published versions on disk: manifests with checksums, verification on load, and the serving pointer.
+
+A version is an immutable folder under versions/; `serving.json` in the home names the served one and is
+replaced atomically (write a temporary file, fsync, rename), so a reader always sees an old or a new pointer,
+never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ebr import home
+
+MANIFEST = "manifest.json"
+POINTER = "serving.json"
+
+
+class CorruptVersionError(RuntimeError):
+    """A version folder whose files do not match its manifest."""
+
+
+class NoServedVersionError(RuntimeError):
+    """Nothing has been published (or rolled back to) in this home yet."""
+
+
+def sha256_file(path: Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see either the old or the new content."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def version_files(version_dir: Path) -> list[str]:
+    """Every file of a version except its manifest, as sorted relative POSIX paths."""
+    return sorted(
+        p.relative_to(version_dir).as_posix()
+        for p in version_dir.rglob("*")
+        if p.is_file() and p.name != MANIFEST
+    )
+
+
+def write_manifest(version_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Add the sha256 of every file in `version_dir` to `manifest` and write it as manifest.json."""
+    full = dict(manifest, files={rel: sha256_file(version_dir / rel) for rel in version_files(version_dir)})
+    atomic_write_text(version_dir / MANIFEST, json.dumps(full, indent=2, sort_keys=True, default=str))
+    return full
+
+
+def verify_version(version_dir: Path) -> dict[str, Any]:
+    """Check every file against the manifest; return the manifest or raise CorruptVersionError."""
+    manifest_path = version_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise CorruptVersionError(f"{version_dir}: no {MANIFEST}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        expected: dict[str, str] = manifest["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptVersionError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+    present = set(version_files(version_dir))
+    for rel, digest in sorted(expected.items()):
+        if rel not in present:
+            raise CorruptVersionError(f"{version_dir / rel}: listed in the manifest but missing")
+        if sha256_file(version_dir / rel) != digest:
+            raise CorruptVersionError(f"{version_dir / rel}: checksum mismatch (file changed or corrupted)")
+    extra = sorted(present - set(expected))
+    if extra:
+        raise CorruptVersionError(f"{version_dir / extra[0]}: file not listed in the manifest")
+    return manifest
+
+
+def served_version() -> str | None:
+    """The name of the served version, or None when nothing is served."""
+    pointer = home.home() / POINTER
+    if not pointer.is_file():
+        return None
+    return json.loads(pointer.read_text())["version"]
+
+
+def served_version_dir(verify: bool = True) -> Path:
+    """The folder of the served version, checked against its manifest unless verify=False."""
+    version = served_version()
+    if version is None:
+        raise NoServedVersionError(f"no version is served in {home.home()}: run a retrain that publishes one")
+    version_dir = home.versions_dir() / version
+    if verify:
+        verify_version(version_dir)
+    return version_dir
+
+
+def set_served_version(version: str) -> None:
+    """Point serving at `version` (which must exist), atomically."""
+    if not (home.versions_dir() / version / MANIFEST).is_file():
+        raise FileNotFoundError(f"{home.versions_dir() / version}: no such published version")
+    atomic_write_text(home.home() / POINTER, json.dumps({"version": version}))
