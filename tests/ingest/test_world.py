@@ -1,0 +1,48 @@
+"""End to end: the simulator's `tiny` world, ingested by `ebr ingest` into the home's real DuckDB file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from ebr.commands.ingest import command
+from ebr.schema import LOG_TABLES
+
+from .logs import query
+
+world = pytest.importorskip("simulator.world", reason="the simulator (simulator/world.py) is not there yet")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_tiny_world_ingests_clean_and_idempotent(ebr_home: Path) -> None:
+    folder = world.simulate("tiny", 7, ebr_home / "worlds" / "tiny-s7")
+    assert (folder / "ground_truth" / "intents.parquet").exists()
+
+    first = CliRunner().invoke(command, ["--logs", str(folder), "--json"])
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.output.strip().splitlines()[-1])
+    db = ebr_home / "ebr.duckdb"
+    reasons = query(
+        db, "SELECT table_name, expectation, any_value(reason), count(*) FROM quarantine GROUP BY ALL"
+    )
+    assert reasons == [], f"the simulator's logs break their contracts: {reasons}"
+    for table in LOG_TABLES:
+        rows = pq.read_metadata(folder / f"{table.name}.parquet").num_rows
+        assert summary["tables"][table.name] == {
+            "read": rows,
+            "loaded": rows,
+            "quarantined": 0,
+            "skipped_existing": 0,
+        }
+        assert query(db, f"SELECT count(*) FROM {table.name}")[0][0] == rows
+    tables = {r[0] for r in query(db, "SELECT table_name FROM duckdb_tables()")}
+    assert "intents" not in tables  # ground truth is never ingested
+
+    again = CliRunner().invoke(command, ["--logs", str(folder), "--json"])
+    assert again.exit_code == 0, again.output
+    summary = json.loads(again.output.strip().splitlines()[-1])
+    assert all(c["loaded"] == 0 and c["skipped_existing"] == c["read"] for c in summary["tables"].values())
