@@ -1,0 +1,1 @@
+"""Prefect deployments of the retrain flow (see deployments/README.md)."""
