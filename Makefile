@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 
-.PHONY: install demo test test-slow lint
+.PHONY: install system-deps demo test test-slow lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,9 +18,13 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 
 demo: install
-	$(BIN)/ebr demo
+	$(BIN)/ebr retrain
 
-test: install
+# Debian's Chromium, for the test that renders the Prefect UI (no browser download).
+system-deps:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import click
+
+# No telemetry (no internet here); a temporary Prefect API may start slowly on a busy machine.
+for _name, _value in (
+    ("GX_ANALYTICS_ENABLED", "false"),
+    ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+    ("DO_NOT_TRACK", "1"),
+    ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"),
+):
+    os.environ.setdefault(_name, _value)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,9 +26,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from ebr.commands import ingest, simulate
+    from ebr.commands import ingest, mine, retrain, rollback, search, serve, simulate, train, versions
 
-    for module in (simulate, ingest):
+    for module in (simulate, ingest, retrain, mine, train, search, serve, versions, rollback):
         main.add_command(module.command)
 
 

@@ -137,7 +137,7 @@ def publish_task(
 
 @flow(name="retrain", log_prints=True)
 def retrain(
-    scale: Literal["tiny", "small", "large"] = "small",
+    scale: Literal["tiny", "small", "large"] | None = None,
     logs_dir: str | None = None,
     margin: float | None = None,
     easy_hard_ratio: float | None = None,
@@ -149,8 +149,9 @@ def retrain(
 ) -> dict[str, Any]:
     """Retrain the towers on the logs and publish a new index version if the recall gate passes.
 
-    scale: the simulated world used when logs_dir is empty. logs_dir: a folder of your log tables.
-    margin: triplet margin (model.margin). easy_hard_ratio: mining.easy_hard_ratio. epochs: train.epochs.
+    scale: the simulated world used when logs_dir is empty (None: the config's data.scale, small).
+    logs_dir: a folder of your log tables. margin: triplet margin (model.margin).
+    easy_hard_ratio: mining.easy_hard_ratio. epochs: train.epochs.
     gate_floor: the recall floor of every vertical. publish: publish when the gate passes.
     resume: a run id to resume from its last finished step. overrides: any Hydra overrides (key=value).
     """
@@ -160,7 +161,7 @@ def retrain(
 
 
 def parameter_overrides(
-    scale: str,
+    scale: str | None,
     logs_dir: str | None,
     margin: float | None,
     easy_hard_ratio: float | None,
@@ -168,7 +169,7 @@ def parameter_overrides(
     gate_floor: float | None,
 ) -> list[str]:
     """The flow's typed parameters as Hydra overrides (None leaves the config's default)."""
-    out = [f"data.scale={scale}"]
+    out = [f"data.scale={scale}"] if scale else []
     if logs_dir:
         out.append(f"data.logs_dir={logs_dir}")
     for key, value in (
@@ -198,7 +199,7 @@ def run_retrain(cfg: DictConfig, publish: bool = True, run_id: str | None = None
     trained = train_task(cfg, run.path, features)
     mined = mine_task(cfg, run.path, features, run.run_id)
     models = steps.all_models(trained, mined)
-    report["training"] = {m: i["training"] for m, i in trained["models"].items()}
+    report["training"] = {m: i["training"] for m, i in models.items() if "training" in i}
     report["mining"] = mined["tables"]
     evaluation = evaluate_task(cfg, run.path, features, models)
     report["recall"] = evaluation["recall"]
@@ -234,17 +235,20 @@ def _flat(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 @hydra.main(config_path="../conf", config_name="retrain", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> dict[str, Any]:
     """Hydra entry point: each job of a sweep (-m) is one flow run. Sweep jobs publish nothing unless
-    `publish=true` is given; a single run publishes unless `publish=false`."""
+    `publish=true` is given; a single run publishes unless `publish=false`. Returns the run's report (the
+    sweep's comparison callback, flows/sweep.py, reads it)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hydra_cfg = HydraConfig.get()
     publish = cfg.publish if cfg.publish is not None else hydra_cfg.mode != RunMode.MULTIRUN
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("publish=")]
-    report = retrain(scale=cfg.data.scale, publish=bool(publish), overrides=overrides)
-    print(json.dumps({"run_id": report["run_id"], "gate": report["gate"]["passed"]}))
+    try:
+        return retrain(publish=bool(publish), overrides=overrides)
+    except GateFailedError as exc:
+        return exc.report
 
 
 if __name__ == "__main__":

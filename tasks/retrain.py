@@ -39,6 +39,7 @@ from tasks.train import embed_documents, embed_queries, load_module, train_tower
 
 log = logging.getLogger(__name__)
 
+EASY_MODEL = "unified"  # the unified tower on random negatives: mining round 0
 MINED_MODEL = "unified_ohnm"  # the unified tower trained on offline hard negatives mixed with easy ones
 
 
@@ -87,23 +88,37 @@ def clicked_rows(features: FeatureSet, session_rows: np.ndarray) -> list[np.ndar
 
 
 def train_models(cfg: DictConfig, features: FeatureSet, out: Path) -> dict[str, Any]:
-    """Train every model of train.models; export its query tower and save its document embeddings."""
+    """Train every model of train.models, except the one mining round 0 trains (see `mine_and_train`);
+    export each query tower and save its document embeddings."""
     trained = {}
-    for name in [str(n) for n in cfg.train.models]:
+    for name in [str(n) for n in cfg.train.models if str(n) != EASY_MODEL or not mines(cfg)]:
         result = train_tower(cfg, features, name, out / name)
         trained[name] = _export(result.checkpoint, features, out, name) | {"training": result.stats}
     return {"models": trained}
 
 
+def mines(cfg: DictConfig) -> bool:
+    """Whether mining trains beyond round 0 (offline hard negatives)."""
+    return cfg.mining.negatives != "random" and int(cfg.mining.rounds) > 0
+
+
 def mine_and_train(cfg: DictConfig, db_path: Path, features: FeatureSet, out: Path, run_id: str) -> dict:
-    """Validated mining rounds (easy, then offline hard negatives mixed at mining.easy_hard_ratio)."""
+    """Validated mining rounds: round 0 trains the unified tower on clicks and random (easy) negatives and is
+    exported as `unified`; the last round's model, trained on offline hard negatives mixed with easy ones at
+    mining.easy_hard_ratio, is exported as `unified_ohnm`."""
     report = run_mining(cfg, db_path, out, run_id, features)
-    model = _export(Path(report["checkpoint"]), features, out, MINED_MODEL)
+    stages = report["stages"]
+    models = {MINED_MODEL: _export(Path(report["checkpoint"]), features, out, MINED_MODEL)}
+    if mines(cfg) and stages[0]["checkpoint"]:
+        models[EASY_MODEL] = _export(Path(stages[0]["checkpoint"]), features, out, EASY_MODEL)
+    for name, stage in ((EASY_MODEL, stages[0]), (MINED_MODEL, stages[-1])):
+        if name in models and stage.get("training"):
+            models[name]["training"] = stage["training"]
     tables = [
         {"stage": s["stage"], **{k: v for k, v in s["counts"].items() if not isinstance(v, dict)}}
-        for s in report["stages"]
+        for s in stages
     ]
-    return {"models": {MINED_MODEL: model}, "tables": tables, "stages": report["stages"]}
+    return {"models": models, "tables": tables, "stages": stages}
 
 
 def _export(checkpoint: Path, features: FeatureSet, out: Path, name: str) -> dict[str, Any]:

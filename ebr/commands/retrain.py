@@ -22,9 +22,8 @@ def command(overrides: tuple[str, ...], as_json: bool, no_publish: bool, resume:
     from flows.retrain import retrain
     from tasks.gate import GateFailedError
 
-    scale = next((o.split("=", 1)[1] for o in overrides if o.startswith("data.scale=")), "small")
     try:
-        report = retrain(scale=scale, publish=not no_publish, resume=resume, overrides=list(overrides))
+        report = retrain(publish=not no_publish, resume=resume, overrides=list(overrides))
     except GateFailedError as exc:
         if as_json and hasattr(exc, "report"):
             click.echo(json.dumps({k: v for k, v in exc.report.items() if k != "config"}, default=str))
@@ -35,3 +34,4 @@ def command(overrides: tuple[str, ...], as_json: bool, no_publish: bool, resume:
     click.echo(f"gate: {report['gate']['reason']}")
     click.echo(f"published version: {report['published_version']}")
     click.echo(f"report: {report['run_dir']}/report.json")
+    click.echo("UI: `prefect server start`, then http://127.0.0.1:4200/runs (this run and its artifacts)")

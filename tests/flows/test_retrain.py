@@ -1,0 +1,63 @@
+"""The retrain flow end to end on the tiny world: real DuckDB, Lightning, faiss, Prefect (test harness)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ebr import registry
+from ebr.cli import main
+from flows.retrain import parameter_overrides, retrain
+from tasks.gate import GateFailedError
+from tasks.steps import DONE
+
+SMOKE = ["experiment=smoke"]
+
+
+def test_parameters_become_overrides() -> None:
+    assert parameter_overrides(None, None, None, None, None, None) == []
+    out = parameter_overrides("tiny", "/logs", 0.3, 10.0, 2, 0.5)
+    assert out[:5] == [
+        "data.scale=tiny",
+        "data.logs_dir=/logs",
+        "model.margin=0.3",
+        "mining.easy_hard_ratio=10.0",
+        "train.epochs=2",
+    ]
+    assert "gate.verticals.groups.floor=0.5" in out
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_retrain_publishes_resumes_and_gate_blocks(ebr_home: Path) -> None:
+    report = retrain(margin=0.3, overrides=SMOKE)
+    run_dir = Path(report["run_dir"])
+    assert report["gate"]["passed"], report["gate"]["reason"]
+    assert report["published_version"] == "v0001" == registry.served_version()
+    for model in ("incumbent", "bm25", "text", "unified", "unified_ohnm"):
+        assert set(report["recall"][model]) == {"people", "groups", "events", "all"}
+        assert set(report["recall"][model]["all"]) == {"1", "10", "50", "100"}
+    assert report["config"]["model"]["margin"] == 0.3
+    assert report["mining"][-1]["easy_hard_ratio"] == pytest.approx(100.0)
+    assert report["ann_operating_points"]
+    assert json.loads((run_dir / "report.json").read_text())["run_id"] == report["run_id"]
+    assert (run_dir / "config.yaml").is_file()
+    registry.verify_version(registry.served_version_dir())
+
+    # resume: a finished run recomputes nothing; a lost step is redone from its inputs
+    (run_dir / "evaluate" / DONE).unlink()
+    resumed = retrain(resume=report["run_id"], overrides=SMOKE, publish=False)
+    assert resumed["recall"] == report["recall"]
+    assert json.loads((run_dir / "train" / DONE).read_text())["models"].keys() == {"text"}  # unified: mining
+
+    # a gate that cannot pass fails the run with a one-line reason and publishes nothing
+    with pytest.raises(GateFailedError, match=r"vertical=\w+ recall@50=[0-9.]+ < floor 0.9999"):
+        retrain(gate_floor=0.9999, overrides=SMOKE)
+    assert registry.served_version() == "v0001"
+
+    versions = CliRunner().invoke(main, ["versions", "--json"])
+    assert versions.exit_code == 0, versions.output
+    listed = json.loads(versions.output)
+    assert [v["version"] for v in listed if v["served"]] == ["v0001"]
