@@ -1,0 +1,64 @@
+"""The builder: a version's engine/ folder from its published files; clear errors for what it cannot use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+from engine_fixtures import D, clustered, corpus_index, make_corpus, write_version
+
+from retrieval.build import build_engine
+from retrieval.executor import execute
+from retrieval.index import EngineIndex
+from retrieval.quantized import UnsupportedIndexError
+from retrieval.query import parse
+
+EXPR = parse("(and (term vertical:people) (or (term text:w1) (nn unified :radius 0.5 :nprobe 4)))")
+
+
+def test_the_engine_folder_matches_an_in_memory_build(tmp_path: Path, trained) -> None:
+    corpus = make_corpus(seed=41, n=300)
+    version = write_version(tmp_path / "v0001", corpus, trained)
+    assert sorted(p.name for p in (version / "engine").iterdir()) == [
+        "doc_ids.npy",
+        "forward.npy",
+        "forward_offsets.npy",
+        "meta.json",
+        "nn",
+        "postings.npy",
+        "postings_offsets.npy",
+        "terms.json",
+    ]
+    loaded = EngineIndex.load(version / "engine")
+    q = {"unified": clustered(np.random.default_rng(1), 1)[0]}
+    got, want = execute(loaded, EXPR, q), execute(corpus_index(corpus, trained), EXPR, q)
+    assert got.doc_ids.tolist() == want.doc_ids.tolist() and got.total > 0
+    np.testing.assert_array_equal(got.scores, want.scores)
+    # the published faiss index holds the same codes under row ids as the engine under internal ids
+    published = faiss.read_index(str(version / "faiss" / "unified.faiss"))
+    lims, _, ids = published.range_search(
+        q["unified"][None, :],
+        0.5,
+        params=faiss.SearchParametersPreTransform(index_params=faiss.SearchParametersIVF(nprobe=4)),
+    )
+    only_nn = execute(loaded, parse("(nn unified :radius 0.5 :nprobe 4)"), q)
+    assert set(corpus.doc_ids[ids].tolist()) == set(only_nn.doc_ids.tolist())
+
+
+def test_unusable_inputs_are_named(tmp_path: Path, trained) -> None:
+    corpus = make_corpus(seed=42, n=50)
+    version = write_version(tmp_path / "v0001", corpus, trained)
+    with pytest.raises(FileExistsError, match="not empty"):
+        build_engine(version / "engine")
+    l2 = faiss.index_factory(D, "IVF4,PQ4x4")
+    l2.train(clustered(np.random.default_rng(0), 500))
+    faiss.write_index(l2, str(version / "faiss" / "unified.faiss"))
+    with pytest.raises(UnsupportedIndexError, match="'unified': the index must use METRIC_INNER_PRODUCT"):
+        build_engine(tmp_path / "v0001" / "engine2")
+    faiss.write_index(trained["unified"], str(version / "faiss" / "unified.faiss"))
+    pd.read_parquet(version / "documents.parquet").iloc[1:].to_parquet(version / "documents.parquet")
+    with pytest.raises(ValueError, match=f"doc_id {corpus.doc_ids[0]} of doc_ids.npy has no row"):
+        build_engine(tmp_path / "v0001" / "engine3")

@@ -1,0 +1,157 @@
+"""The engine against the brute-force reference: random expressions, random vectors, random updates."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from engine_fixtures import (
+    FACTORIES,
+    FORCED_PLANS,
+    LOCATIONS,
+    VERTICALS,
+    WORDS,
+    clustered,
+    corpus_index,
+    make_corpus,
+)
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from retrieval.executor import PlannerCosts, execute
+from retrieval.index import EngineIndex
+from retrieval.query import NN, And, Not, Or, Term, parse
+from retrieval.reference import EPSILON, evaluate, quantised_view
+
+QUERIES = {key: clustered(np.random.default_rng(99 + i), 64) for i, key in enumerate(FACTORIES)}
+CLUSTER_TERMS = [f"nn.unified:{i}" for i in range(16)] + [f"nn.text:{i}" for i in range(8)]
+
+terms = st.sampled_from([*LOCATIONS, *WORDS, *VERTICALS, "text:absent", *CLUSTER_TERMS[:3]]).map(Term)
+nn_radius = st.builds(
+    lambda key, r, p: NN(key, p, radius=r),
+    st.sampled_from(sorted(FACTORIES)),
+    st.floats(0.0, 1.3).map(lambda r: round(r, 3)),
+    st.integers(1, 16),
+)
+nn_top_k = st.builds(
+    lambda key, k, p: NN(key, p, k=k),
+    st.sampled_from(sorted(FACTORIES)),
+    st.integers(1, 60),
+    st.integers(1, 16),
+)
+expressions = st.recursive(
+    st.one_of(terms, nn_radius, nn_top_k),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(lambda c: And(tuple(c))),
+        st.lists(inner, max_size=4).map(lambda c: Or(tuple(c))),
+        inner.map(Not),
+    ),
+    max_leaves=10,
+)
+vector_rows = st.integers(0, 63)
+FORCE = {**FORCED_PLANS, "default": PlannerCosts()}
+
+
+def assert_matches_reference(
+    index: EngineIndex, docs: dict[int, set[str]], expr, row: int, costs: PlannerCosts
+) -> None:
+    vectors = {key: QUERIES[key][row] for key in FACTORIES}
+    expected = evaluate(expr, docs, {k: quantised_view(index, k) for k in FACTORIES}, vectors)
+    assume(not expected.ambiguous)
+    hits = execute(index, expr, vectors, costs=costs)
+    got = dict(zip(hits.doc_ids.tolist(), hits.scores.tolist(), strict=True))
+    assert set(got) == set(expected.scores), str(expr)
+    assert hits.total == len(got)
+    for doc_id, score in got.items():
+        want = expected.scores[doc_id]
+        if want is None:
+            assert math.isnan(score)
+        else:
+            assert abs(score - want) < EPSILON
+    ordered = [(-s if not math.isnan(s) else math.inf, d) for d, s in got.items()]
+    assert [d for _, d in sorted(ordered)] == hits.doc_ids.tolist()
+
+
+class World:
+    def __init__(self, index: EngineIndex, docs: dict[int, set[str]]):
+        self.index, self.docs = index, docs
+
+    def __repr__(self) -> str:
+        return f"World({self.index.live_count} documents)"
+
+
+@pytest.fixture(scope="module")
+def world(trained) -> World:
+    corpus = make_corpus(seed=5, n=500)
+    return World(corpus_index(corpus, trained), corpus.term_sets())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(expr=expressions, row=vector_rows, plan=st.sampled_from(sorted(FORCE)))
+def test_random_expressions_equal_the_reference(world, expr, row, plan) -> None:
+    """Under each nn plan (forced by its costs) the engine equals the reference."""
+    assert_matches_reference(world.index, world.docs, expr, row, FORCE[plan])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(expr=expressions)
+def test_printed_expressions_parse_back(expr) -> None:
+    assert str(parse(str(expr))) == str(expr)
+
+
+change = st.one_of(
+    st.tuples(
+        st.just("add"),
+        st.integers(0, 40),
+        st.lists(st.sampled_from([*LOCATIONS, *WORDS]), max_size=3),
+        st.sets(st.sampled_from(sorted(FACTORIES))),
+    ),
+    st.tuples(
+        st.just("update"),
+        st.integers(0, 40),
+        st.one_of(st.none(), st.lists(st.sampled_from(WORDS), max_size=3)),
+        st.sets(st.sampled_from(sorted(FACTORIES))),
+    ),
+    st.tuples(st.just("delete"), st.integers(0, 40), st.none(), st.just(set())),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    changes=st.lists(change, max_size=25),
+    exprs=st.lists(expressions, min_size=1, max_size=3),
+    row=vector_rows,
+    compact=st.booleans(),
+)
+def test_realtime_changes_equal_the_reference(trained, changes, exprs, row, compact) -> None:
+    """Adds, updates and deletes (terms and embeddings) are visible to the next query, before and after
+    compaction; the reference is a plain dict of term sets updated alongside."""
+    from retrieval.index import Document, Update
+
+    corpus = make_corpus(seed=11, n=120)
+    index = corpus_index(corpus, trained)
+    docs = corpus.term_sets()
+    rng = np.random.default_rng(len(changes))
+    pool = corpus.doc_ids[:20].tolist() + list(range(1, 21))  # existing ids and fresh ids
+    for op, pick, new_terms, keys in changes:
+        doc_id = pool[pick % len(pool)]
+        vectors = {k: clustered(rng, 1)[0] for k in sorted(keys)}
+        exists = index.internal_id(doc_id) is not None
+        if op == "add" and not exists:
+            index.add(Document(doc_id, list(dict.fromkeys(new_terms)), vectors))
+            docs[doc_id] = set(new_terms)
+        elif op == "update" and exists:
+            index.update(
+                Update(doc_id, None if new_terms is None else list(dict.fromkeys(new_terms)), vectors)
+            )
+            if new_terms is not None:
+                docs[doc_id] = set(new_terms)
+        elif op == "delete" and exists:
+            index.delete(doc_id)
+            del docs[doc_id]
+    if compact:
+        index = index.compacted()
+    assert index.live_count == len(docs)
+    for expr in exprs:
+        assert_matches_reference(index, docs, expr, row, FORCE["default"])

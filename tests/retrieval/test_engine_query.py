@@ -1,0 +1,131 @@
+"""The query language: the paper's expressions, error positions, limits, and fuzzing (only QueryError)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from retrieval.query import NN, And, Limits, Or, QueryError, Term, Text, expand_text, nn_nodes, parse
+from retrieval.terms import document_terms, normalize_term, query_terms, tokens
+
+PAPER_TERMS = (
+    "(and (or (term location:seattle) (term location:menlo_park)) (and (term text:john) (term text:smithe)))"
+)
+PAPER_HYBRID = (
+    "(and (or (term location:seattle) (term location:menlo_park)) (or (and (term text:john) "
+    "(term text:smithe)) (nn model-141795009 :radius 0.24 :nprobe 16)))"
+)
+
+
+def test_the_papers_expressions_parse_as_written() -> None:
+    assert str(parse(PAPER_TERMS)) == PAPER_TERMS
+    hybrid = parse(PAPER_HYBRID)
+    assert str(hybrid) == PAPER_HYBRID
+    (nn,) = nn_nodes(hybrid)
+    assert nn == NN("model-141795009", 16, radius=0.24, pos=nn.pos)
+    assert PAPER_HYBRID[nn.pos :].startswith("(nn model-141795009")
+
+
+def test_top_k_mode_default_nprobe_and_normalised_terms() -> None:
+    node = parse("(nn unified :k 50)", Limits(default_nprobe=8))
+    assert (node.k, node.radius, node.nprobe) == (50, None, 8)
+    assert parse("(term Location:Menlo_Park)") == Term("location:menlo_park")
+    assert parse("( and\n(term text:Café) )") == And((Term("text:cafe", 6),), 0)
+
+
+@pytest.mark.parametrize(
+    ("query", "column", "problem"),
+    [
+        ("", 1, "empty query"),
+        ("(and (term a:b)", 16, "expected ')' closing (and ...)"),
+        ("(adn (term a:b))", 2, "unknown operator 'adn'"),
+        ("(term)", 6, "expected field:value"),
+        ("(term john)", 7, "not of the form field:value"),
+        ("(term text:!!)", 7, "empty value"),
+        ("(and (term a:b)) (term c:d)", 18, "after the end of the expression"),
+        ("(not (term a:b) (term c:d))", 17, "expected ')' closing (not ...)"),
+        ("(nn unified)", 1, "exactly one of :radius"),
+        ("(nn unified :radius 0.2 :k 5)", 1, "exactly one of :radius"),
+        ("(nn unified :radius 2.5)", 21, "between 0 and 2"),
+        ("(nn unified :radius nan)", 21, "between 0 and 2"),
+        ("(nn unified :k 0)", 16, "between 1 and"),
+        ("(nn unified :k 1.5)", 16, "positive integer"),
+        ("(nn unified :k 5 :nprobe 5000)", 26, "between 1 and 1024"),
+        ("(nn unified :k 5 :k 6)", 18, "given twice"),
+        ("(nn unified :rdius 0.2)", 13, "unknown nn option"),
+        ("(nn :k 5)", 5, "not an embedding key"),
+        ("(term a:b))", 11, "after the end"),
+        ("term a:b", 1, "expected '('"),
+    ],
+)
+def test_errors_name_the_position_and_the_problem(query: str, column: int, problem: str) -> None:
+    with pytest.raises(QueryError) as err:
+        parse(query)
+    assert err.value.position == column - 1
+    assert problem in err.value.problem
+    assert str(err.value).startswith(f"column {column}: ")
+
+
+def test_limits_on_length_depth_nodes_nprobe_and_k() -> None:
+    limits = Limits(max_query_chars=200, max_depth=3, max_nodes=5, max_nprobe=8, max_k=10)
+    with pytest.raises(QueryError, match="longer than 200"):
+        parse("(or" + " (term a:b)" * 30 + ")", limits)
+    with pytest.raises(QueryError, match="deeper than 3") as err:
+        parse("(not (not (not (term a:b))))", limits)
+    assert err.value.position == 15
+    with pytest.raises(QueryError, match="more than 5 nodes"):
+        parse("(or (term a:b) (term a:c) (term a:d) (term a:e) (term a:f))", limits)
+    with pytest.raises(QueryError, match="between 1 and 8"):
+        parse("(nn u :k 3 :nprobe 9)", limits)
+    with pytest.raises(QueryError, match="between 1 and 10"):
+        parse("(nn u :k 11)", limits)
+    assert parse("(not (not (term a:b)))", limits)
+
+
+def test_deeply_nested_input_is_an_error_not_a_crash() -> None:
+    with pytest.raises(QueryError, match="deeper than"):
+        parse("(not " * 5000 + "(term a:b)" + ")" * 5000, Limits(max_query_chars=100_000))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("()  :.-_$abcdeklnoprstux0123456789é\n")), max_size=80))
+def test_anything_typed_parses_or_raises_query_error(text: str) -> None:
+    try:
+        parse(text)
+    except QueryError as err:
+        assert 0 <= err.position <= len(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=60))
+def test_arbitrary_unicode_parses_or_raises_query_error(text: str) -> None:
+    with contextlib.suppress(QueryError):
+        parse(text)
+
+
+def test_text_placeholder_expands_to_the_query_terms() -> None:
+    node = parse("(or $text (nn u :k 5))")
+    assert isinstance(node.children[0], Text)
+    expanded = expand_text(node, "John  SMITHE john")
+    assert str(expanded) == "(or (and (term text:john) (term text:smithe)) (nn u :k 5 :nprobe 16))"
+    assert expand_text(parse("$text"), "  ?! ") == Or((), 0)
+
+
+def test_term_normalisation() -> None:
+    assert tokens("Kasie's Créations!") == ["kasies", "creations"]
+    assert normalize_term("LOCATION: Menlo  Park") == "location:menlo_park"
+    assert query_terms("mini cooper nw mini") == ["text:mini", "text:cooper", "text:nw"]
+    assert document_terms("people", "John Smith", city="Seattle", country="US", extra=["user:42"]) == [
+        "vertical:people",
+        "text:john",
+        "text:smith",
+        "location:seattle",
+        "country:us",
+        "user:42",
+    ]
+    for bad in ("nocolon", ":value", "fi eld:x", "field:"):
+        with pytest.raises(ValueError):
+            normalize_term(bad)
