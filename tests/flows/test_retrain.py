@@ -44,7 +44,17 @@ def test_retrain_publishes_resumes_and_gate_blocks(ebr_home: Path) -> None:
     assert report["ann_operating_points"]
     assert json.loads((run_dir / "report.json").read_text())["run_id"] == report["run_id"]
     assert (run_dir / "config.yaml").is_file()
-    registry.verify_version(registry.served_version_dir())
+    manifest = registry.verify_version(registry.served_version_dir())
+
+    # the published version serves: its query tower encodes a real query and the engine returns JSON hits
+    key = manifest["retriever"]["index_key"]
+    expr = f"(and (term vertical:groups) (nn {key} :k 20 :nprobe 16))"
+    args = ["--query-text", "running club", "--searcher", "1", "--k", "5", "--json"]
+    found = CliRunner().invoke(main, ["search", "--expr", expr, *args])
+    assert found.exit_code == 0, found.output
+    hits = json.loads(found.output.strip().splitlines()[-1])
+    assert 0 < len(hits) <= 5 and all({"doc_id", "score"} <= set(h) for h in hits)
+    assert all(-1.0 <= h["score"] <= 1.0 for h in hits)
 
     # resume: a finished run recomputes nothing; a lost step is redone from its inputs
     (run_dir / "evaluate" / DONE).unlink()
