@@ -1,0 +1,27 @@
+"""Publish a tiny candidate and SIGKILL this process at a named step: `publish_child.py STEP`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from publish_pieces import make_pieces, make_world, passing_gate
+
+from tasks import publish
+
+
+def main(step: str) -> None:
+    def kill_at(name: str) -> None:
+        if name == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    pieces = make_pieces(make_world(), Path(tempfile.mkdtemp()), seed=2)
+    publish.STEP_HOOK = kill_at
+    publish.publish_version(pieces, passing_gate(), metrics={}, config={"child": True}, run_id="run-child")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
