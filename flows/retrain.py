@@ -112,7 +112,7 @@ def gate_task(cfg: DictConfig, run_dir: Path, features: Any, models: dict, ensem
     out = run_dir / "gate"
     out.mkdir(parents=True, exist_ok=True)
     retriever = steps.candidate_retriever(features, models, ensembles, run_dir / "ensembles")
-    result = steps.run_gate(cfg, home.db_path(), features, retriever, out)
+    result = steps.gate(cfg, home.db_path(), features, retriever, out)
     create_markdown_artifact(key="recall-gate", markdown=result.markdown(), description=result.reason)
     return result
 

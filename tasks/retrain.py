@@ -30,7 +30,7 @@ from retrieval.build import build_engine
 from retrieval.terms import document_terms
 from tasks.ensemble import evaluation_markdown, evaluation_table, fill_weights, pick_served, specs_from_config
 from tasks.evaluate import evaluate, intents_path, load_intents, markdown_report
-from tasks.gate import GateConfig, GateResult, GateSessions, evaluate_gate, served_recall, write_gate_report
+from tasks.gate import GateConfig, GateResult, GateSessions, run_gate
 from tasks.mine_rounds import run_mining
 from tasks.publish import VersionPieces, publish_version
 from tasks.quantize import IndexConfig, table3_markdown, tune
@@ -239,26 +239,11 @@ def candidate_retriever(
     return Retriever(spec, features.doc_ids, doc_vectors({k: models[k] for k in spec.keys}), index, encoders)
 
 
-def run_gate(
-    cfg: DictConfig, db_path: Path, features: FeatureSet, retriever: Retriever, out: Path
-) -> GateResult:
+def gate(cfg: DictConfig, db_path: Path, features: FeatureSet, retriever: Retriever, out: Path) -> GateResult:
     """The candidate and the published version measured on the gate half; the verdict and its report."""
-    from tasks.gate import measure_recall
-
     gcfg = GateConfig.from_mapping(OmegaConf.to_container(cfg.gate, resolve=True))
     _, rows = heldout_parts(features, int(cfg.seed))
-    sessions = gate_sessions(db_path, features, rows)
-    candidate = measure_recall(retriever.search, sessions, gcfg)
-    published = served_recall(sessions, gcfg)
-    result = evaluate_gate(
-        candidate,
-        published[1] if published else None,
-        gcfg,
-        published[0] if published else None,
-        {v: len(s.queries) for v, s in sessions.items()},
-    )
-    write_gate_report(result, out)
-    return result
+    return run_gate(retriever.search, gate_sessions(db_path, features, rows), gcfg, out)
 
 
 def documents_with_terms(db_path: Path, doc_ids: np.ndarray) -> pd.DataFrame:
