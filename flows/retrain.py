@@ -207,6 +207,7 @@ def run_retrain(cfg: DictConfig, publish: bool = True, run_id: str | None = None
     ensembles = ensemble_task(cfg, run.path, features, models)
     report["ensembles"] = ensembles["table"]
     report["ann_operating_points"] = {k: p["chosen"] for k, p in ensembles["operating_points"].items()}
+    report["ann_tables"] = {k: p["table3"] for k, p in ensembles["operating_points"].items()}
     report["served_retriever"] = ensembles["served"]
     gate = gate_task(cfg, run.path, features, models, ensembles)
     report["gate"] = {"passed": gate.passed, "reason": gate.reason, "checks": gate.to_dict()["checks"]}
