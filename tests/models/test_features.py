@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_db
 from omegaconf import DictConfig
+from tiny_logs import write_db
 
 from ebr.schema import VERTICALS
 from models.features import FeatureSet, MissingTableError, build_features, split_sessions

@@ -87,7 +87,7 @@ def test_train_and_evaluate_writes_the_report(
 def test_ebr_train_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_db: Path, tiny_tables_: dict
 ) -> None:
-    from conftest import FAST
+    from tiny_logs import FAST
 
     home = _world_home(tmp_path, tiny_db, tiny_tables_)
     monkeypatch.setenv("EBR_HOME", str(home))
