@@ -11,10 +11,9 @@ from click.testing import CliRunner
 
 from ebr.commands.ingest import command
 from ebr.schema import LOG_TABLES
+from simulator import world
 
 from .logs import query
-
-world = pytest.importorskip("simulator.world", reason="the simulator (simulator/world.py) is not there yet")
 
 
 @pytest.mark.usefixtures("prefect_harness")
