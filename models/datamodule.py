@@ -7,7 +7,7 @@ an optional mined table of (session_id, doc_id) pairs (e.g. offline hard negativ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import lightning as L
@@ -151,10 +151,15 @@ class TripletDataModule(L.LightningDataModule):
         return len(self.pairs.session_rows)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            range(self.n_pairs),
-            batch_size=self.batch_size,
-            shuffle=True,
-            collate_fn=self.collator,
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+        return shuffled_batches(self.n_pairs, self.batch_size, self.collator, self.seed)
+
+
+def shuffled_batches(n_pairs: int, batch_size: int, collate: Callable, seed: int) -> DataLoader:
+    """Seeded, shuffled batches of pair indices, collated into tensors by `collate`."""
+    return DataLoader(
+        range(n_pairs),
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from models.datamodule import shuffled_batches
 from models.features import FeatureSet
 from models.fields import Bags, take, to_tensors
 
@@ -121,10 +122,4 @@ class MinedTripletDataModule(L.LightningDataModule):
         return len(self.collator.session_rows)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            range(self.n_pairs),
-            batch_size=self.batch_size,
-            shuffle=True,
-            collate_fn=self.collator,
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+        return shuffled_batches(self.n_pairs, self.batch_size, self.collator, self.seed)
