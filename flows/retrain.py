@@ -11,13 +11,19 @@ Every run writes runs/<run_id>/ (config.yaml, one folder per step, report.json).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
 from ebr import home
@@ -27,6 +33,8 @@ from ebr.runs import start_run
 from tasks import retrain as steps
 from tasks.gate import GateFailedError, GateResult
 from tasks.ingest import ingest_logs
+from tasks.progress import use_progress
+from tasks.shards import use_runner
 from tasks.steps import run_step
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5, "cache_policy": NO_CACHE}
@@ -185,31 +193,36 @@ def parameter_overrides(
 
 
 def run_retrain(cfg: DictConfig, publish: bool = True, run_id: str | None = None) -> dict[str, Any]:
-    """The retrain steps in order; returns (and writes) the run's report."""
+    """The retrain steps in order; returns (and writes) the run's report. The Hydra key `publish=false`
+    also stops publication (`ebr retrain publish=false` as `--no-publish`)."""
+    publish = publish and cfg.publish is not False
     run = start_run(cfg, "retrain", run_id)
     create_markdown_artifact(
         key="resolved-config", markdown=f"```yaml\n{OmegaConf.to_yaml(cfg)}```", description=run.run_id
     )
     print(f"run {run.run_id}: {run.path}")
     report: dict[str, Any] = {"run_id": run.run_id, "run_dir": str(run.path), "published_version": None}
-    logs = logs_task(cfg, run.path)
-    report["ingest"] = ingest_task(cfg, run.path, logs["logs_dir"], run.run_id)
-    features = steps.features_for(cfg, home.db_path())
-    report["split"] = features.split.summary()
-    trained = train_task(cfg, run.path, features)
-    mined = mine_task(cfg, run.path, features, run.run_id)
-    models = steps.all_models(trained, mined)
-    report["training"] = {m: i["training"] for m, i in models.items() if "training" in i}
-    report["mining"] = mined["tables"]
-    evaluation = evaluate_task(cfg, run.path, features, models)
-    report["recall"] = evaluation["recall"]
-    report["recall_intent"] = evaluation.get("recall_intent")
-    ensembles = ensemble_task(cfg, run.path, features, models)
-    report["ensembles"] = ensembles["table"]
-    report["ann_operating_points"] = {k: p["chosen"] for k, p in ensembles["operating_points"].items()}
-    report["ann_tables"] = {k: p["table3"] for k, p in ensembles["operating_points"].items()}
-    report["served_retriever"] = ensembles["served"]
-    gate = gate_task(cfg, run.path, features, models, ensembles)
+    report["runner"] = str(cfg.runner.kind)
+    # batch-step shards: threads here, or a Dask cluster (conf/runner/); long work reports its progress
+    with use_runner(cfg.runner), use_progress(ProgressArtifacts()):
+        logs = logs_task(cfg, run.path)
+        report["ingest"] = ingest_task(cfg, run.path, logs["logs_dir"], run.run_id)
+        features = steps.features_for(cfg, home.db_path())
+        report["split"] = features.split.summary()
+        trained = train_task(cfg, run.path, features)
+        mined = mine_task(cfg, run.path, features, run.run_id)
+        models = steps.all_models(trained, mined)
+        report["training"] = {m: i["training"] for m, i in models.items() if "training" in i}
+        report["mining"] = mined["tables"]
+        evaluation = evaluate_task(cfg, run.path, features, models)
+        report["recall"] = evaluation["recall"]
+        report["recall_intent"] = evaluation.get("recall_intent")
+        ensembles = ensemble_task(cfg, run.path, features, models)
+        report["ensembles"] = ensembles["table"]
+        report["ann_operating_points"] = {k: p["chosen"] for k, p in ensembles["operating_points"].items()}
+        report["ann_tables"] = {k: p["table3"] for k, p in ensembles["operating_points"].items()}
+        report["served_retriever"] = ensembles["served"]
+        gate = gate_task(cfg, run.path, features, models, ensembles)
     report["gate"] = {"passed": gate.passed, "reason": gate.reason, "checks": gate.to_dict()["checks"]}
     try:
         if not gate.passed:
@@ -222,7 +235,8 @@ def run_retrain(cfg: DictConfig, publish: bool = True, run_id: str | None = None
             )
         else:
             create_markdown_artifact(
-                key="publication", markdown="Nothing published: publish=False (sweep job)"
+                key="publication",
+                markdown="Nothing published: publish=False (a sweep job, --no-publish or publish=false)",
             )
     finally:
         report["config"] = OmegaConf.to_container(cfg, resolve=True)
@@ -231,15 +245,36 @@ def run_retrain(cfg: DictConfig, publish: bool = True, run_id: str | None = None
     return report
 
 
+class ProgressArtifacts:
+    """Progress reports (tasks/progress.py) as Prefect progress artifacts, one per piece of work (key
+    `progress-<what>`), updated when they move by a percent or more (back to the start, too: a repeated
+    piece of work, such as a later mining round's training, reuses its artifact)."""
+
+    def __init__(self) -> None:
+        self.artifacts: dict[str, tuple[Any, float]] = {}
+
+    def __call__(self, what: str, fraction: float) -> None:
+        percent = round(100 * fraction, 1)
+        if what not in self.artifacts:
+            key = "progress-" + re.sub(r"[^a-z0-9]+", "-", what.lower()).strip("-")
+            self.artifacts[what] = (create_progress_artifact(percent, key=key, description=what), percent)
+            return
+        artifact, last = self.artifacts[what]
+        if abs(percent - last) >= 1 or (percent == 100 and last < 100):
+            update_progress_artifact(artifact, percent)
+            self.artifacts[what] = (artifact, percent)
+
+
 def _flat(stats: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in stats.items() if not isinstance(v, (dict, list))}
 
 
 @hydra.main(config_path="../conf", config_name="retrain", version_base="1.3")
-def main(cfg: DictConfig) -> dict[str, Any]:
+def main(cfg: DictConfig) -> dict[str, Any] | float:
     """Hydra entry point: each job of a sweep (-m) is one flow run. Sweep jobs publish nothing unless
-    `publish=true` is given; a single run publishes unless `publish=false`. Returns the run's report (the
-    sweep's comparison callback, flows/sweep.py, reads it)."""
+    `publish=true` is given; a single run publishes unless `publish=false`. Writes the run's report to the
+    job's output folder (the sweep's comparison callback, flows/sweep.py, reads it) and returns it, or with
+    `optimized_metric` set (an Optuna sweep, hparams_search=optuna) the value at that path of the report."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -247,9 +282,21 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     publish = cfg.publish if cfg.publish is not None else hydra_cfg.mode != RunMode.MULTIRUN
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("publish=")]
     try:
-        return retrain(publish=bool(publish), overrides=overrides)
+        report = retrain(publish=bool(publish), overrides=overrides)
     except GateFailedError as exc:
-        return exc.report
+        report = exc.report
+    atomic_write_text(Path(hydra_cfg.runtime.output_dir) / "report.json", json.dumps(report, default=str))
+    return report_metric(report, cfg.optimized_metric) if cfg.optimized_metric else report
+
+
+def report_metric(report: dict[str, Any], path: str) -> float:
+    """The number at a dotted path of a report, e.g. `recall.unified_ohnm.all.10`."""
+    value: Any = report
+    for key in str(path).split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise KeyError(f"optimized_metric: {path!r} is not in the run's report (no {key!r})")
+        value = value[key]
+    return float(value)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The end of a Hydra sweep (`python -m flows.retrain -m ...`): one comparison of every job's recall.
 
-`SweepSummary` is a Hydra callback (conf/retrain.yaml, hydra.callbacks). It collects each job's report and,
+`SweepSummary` is a Hydra callback (conf/retrain.yaml, hydra.callbacks). It collects each job's report (the
+job folder's report.json, written by flows.retrain.main, so grid and Optuna sweeps alike) and,
 when the sweep ends, writes the table to DuckDB (`sweep_results`), to the sweep folder as sweep.md and
 recall.png (recall@10 per vertical against margin, one line per easy:hard ratio), and as a Prefect markdown
 artifact `sweep-comparison`.
@@ -8,6 +9,7 @@ artifact `sweep-comparison`.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -107,11 +109,12 @@ class SweepSummary(Callback):
         self.rows: list[dict[str, Any]] = []
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status != JobStatus.COMPLETED or not isinstance(job_return.return_value, dict):
+        report = Path(config.hydra.runtime.output_dir) / "report.json"
+        if job_return.status != JobStatus.COMPLETED or not report.is_file():
             log.warning("sweep job %s failed: not in the comparison", job_return.overrides)
             return
         sweep_id = Path(config.hydra.sweep.dir).name
-        self.rows += job_rows(sweep_id, int(config.hydra.job.num), job_return.return_value)
+        self.rows += job_rows(sweep_id, int(config.hydra.job.num), json.loads(report.read_text()))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.rows:

@@ -23,6 +23,8 @@ from retrieval.index import UpdateError
 from retrieval.service import HotSwapper, SearchError, SearchRequest
 
 Vector = list[float]
+# a document's terms: "field:value" strings and [term, payload] pairs, or an object {term: payload or null}
+Terms = list[str | tuple[str, float]] | dict[str, float | None]
 Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63)]
 DocId = Annotated[int, Path(ge=-(2**63), lt=2**63, description="a 64-bit document id")]
 
@@ -51,13 +53,13 @@ class SearchBody(BaseModel):
 class DocumentBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     doc_id: Int64
-    terms: list[str] = Field(default_factory=list)
+    terms: Terms = Field(default_factory=list)
     embeddings: dict[str, Vector] = Field(default_factory=dict)
 
 
 class UpdateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    terms: list[str] | None = None
+    terms: Terms | None = None
     embeddings: dict[str, Vector] = Field(default_factory=dict)
 
 
@@ -65,7 +67,7 @@ class Change(BaseModel):
     model_config = ConfigDict(extra="forbid")
     op: Literal["add", "update", "delete"]
     doc_id: Int64
-    terms: list[str] | None = None
+    terms: Terms | None = None
     embeddings: dict[str, Vector] = Field(default_factory=dict)
 
 

@@ -16,7 +16,7 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
-from retrieval.index import EngineIndex
+from retrieval.index import EngineIndex, TermsInput
 from retrieval.quantized import NNField
 
 log = logging.getLogger(__name__)
@@ -26,11 +26,12 @@ ADD_BLOCK = 65_536
 
 def build_index(
     doc_ids: np.ndarray,
-    doc_terms: Sequence[Sequence[str]],
+    doc_terms: Sequence[TermsInput],
     embeddings: Mapping[str, np.ndarray],
     trained: Mapping[str, faiss.Index],
 ) -> EngineIndex:
-    """An in-memory engine index: internal id = row; `trained[key]` quantises `embeddings[key]`."""
+    """An in-memory engine index: internal id = row; `doc_terms` as `EngineIndex.from_documents` takes them
+    (with payloads or not); `trained[key]` quantises `embeddings[key]`."""
     doc_ids = np.asarray(doc_ids, dtype=np.int64)
     fields = {}
     for key in sorted(trained):

@@ -15,13 +15,17 @@ of one code scanned; conf/engine/default.yaml `planner`) picks the cheapest for 
 (nn KEY :k K :nprobe p) takes the K best of those lists first and only then meets the rest of the
 expression (the paper's top-K mode), so it always scans.
 
-Scores: a result's score is the best quantised cosine similarity between the query embedding of each nn key
-of the expression and the document's code under that key (from the scan when the nn matched it, decoded
-otherwise); NaN when the expression has no nn or the document has no embedding under its keys.
+A term with `:min`/`:max` keeps the postings whose payload lies within the bounds (float32, inclusive).
+
+Scores: a result's score is the best of its scores under the expression's scoring operators: for each nn key,
+the quantised cosine similarity between that key's query embedding and the document's code (from the scan
+when the nn matched it, decoded otherwise); for each term marked `:score`, the document's payload of that
+term. NaN when there is none (no scoring operator, or no embedding and no such payload).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,7 +35,7 @@ import numpy as np
 
 from retrieval.index import EngineIndex
 from retrieval.quantized import NNField, Probe
-from retrieval.query import NN, And, Node, Not, Or, Term, Text, nn_nodes
+from retrieval.query import NN, And, Node, Not, Or, Term, Text, nn_nodes, scored_terms
 
 ORDERS = ("score", "doc_id")
 _EMPTY = np.empty(0, dtype=np.int64)
@@ -139,7 +143,7 @@ def execute(
         ids = run.eval(root, None)
         if index.dead_count and len(ids):
             ids = ids[index.live_mask[ids]]
-        scores = run.final_scores(ids, sorted({n.key for n in nodes}))
+        scores = run.final_scores(ids, sorted({n.key for n in nodes}), scored_terms(root))
     doc_ids = index.doc_ids[ids]
     ranking = _rank(doc_ids, scores, order, limit)
     return Hits(doc_ids[ranking], scores[ranking], total=len(ids), nn=run.stats)
@@ -149,16 +153,18 @@ def _rank(doc_ids: np.ndarray, scores: np.ndarray, order: str, limit: int | None
     """Positions of the results in order, cut to `limit`: best score first (NaN last), ties by doc id."""
     if order == "doc_id":
         return np.argsort(doc_ids, kind="stable")[:limit]
+    if len(scores) < 2 or (scores[:-1] > scores[1:]).all():  # strictly best first already (a top-K scan)
+        return np.arange(len(scores))[:limit]
     keys = -scores
     chosen = None
     if limit is not None and limit < len(keys):
         kth = np.partition(keys, limit - 1)[limit - 1]
-        if not np.isnan(kth):
+        if not math.isnan(kth):
             chosen = np.flatnonzero(keys <= kth)  # the best `limit`, and every tie of the last one
             keys, doc_ids = keys[chosen], doc_ids[chosen]
-    ranking = np.argsort(keys)
+    ranking = keys.argsort()
     ranked = keys[ranking]
-    if len(ranked) > 1 and (np.isnan(ranked[-1]) or np.any(ranked[1:] == ranked[:-1])):
+    if len(ranked) > 1 and (math.isnan(ranked[-1]) or (ranked[1:] == ranked[:-1]).any()):
         ranking = np.lexsort((doc_ids, keys))  # ties (or NaN) are ordered by doc id
     return (ranking if chosen is None else chosen[ranking])[:limit]
 
@@ -186,7 +192,10 @@ class _Run:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise QueryTimeoutError("the query ran past its deadline")
         if isinstance(node, Term):
-            return _intersect(self.index.posting(node.term), allowed)
+            ids = self.index.posting(node.term)
+            if node.bounded:
+                ids = ids[in_bounds(self.index.posting_payloads(node.term), node.low, node.high)]
+            return _intersect(ids, allowed)
         if isinstance(node, And):
             current = allowed
             for child in self.plan(node):
@@ -305,12 +314,15 @@ class _Run:
         self._keepalive.append(sel)
         return sel
 
-    def final_scores(self, ids: np.ndarray, keys: list[str]) -> np.ndarray:
-        if len(keys) == 1:
+    def final_scores(self, ids: np.ndarray, keys: list[str], terms: list[str]) -> np.ndarray:
+        """The best score of each result over the nn keys and the payloads of the `:score` terms."""
+        if len(keys) == 1 and not terms:
             return self.key_scores(keys[0], ids, self.index.fields[keys[0]])
         scores = np.full(len(ids), np.nan, dtype=np.float32)
         for key in keys:
             scores = np.fmax(scores, self.key_scores(key, ids, self.index.fields[key]))
+        for term in terms:
+            scores = np.fmax(scores, self.index.term_payloads(term, ids))
         return scores
 
     def key_scores(self, key: str, ids: np.ndarray, nn_field: NNField) -> np.ndarray:
@@ -335,6 +347,16 @@ class _Run:
                 query = nn_field.to_ivf_space(self.vectors[key])
                 out[np.flatnonzero(np.isnan(out))[present]] = nn_field.score(query, missing[present])
         return out
+
+
+def in_bounds(payloads: np.ndarray, low: float | None, high: float | None) -> np.ndarray:
+    """Boolean mask: which float32 `payloads` lie within [low, high] (bounds as float32; NaN: never)."""
+    mask = ~np.isnan(payloads)
+    if low is not None:
+        mask &= payloads >= np.float32(low)
+    if high is not None:
+        mask &= payloads <= np.float32(high)
+    return mask
 
 
 def member_mask(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:

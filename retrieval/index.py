@@ -8,12 +8,17 @@ the old version is marked dead and removed from the faiss lists. `compacted()` f
 dense snapshot. Posting lists may therefore contain dead ids; the executor drops them from final results
 (and/or/not commute with that filter, nn scans never see them).
 
+A document's term may carry a payload, a float32 (a term weight, a static score, ...). Payloads live in one
+array aligned with the postings (NaN: this posting has none), which exists only when some term has one: an
+index without payloads stores and costs exactly what it did before they existed.
+
 Folder format (written by `save`, read by `load`):
-    meta.json                 format, counts, keys
+    meta.json                 format (1; 2 when postings_payloads.npy exists), counts, keys
     doc_ids.npy               int64, internal id -> doc id
     terms.json                sorted term strings (term id = position)
     postings_offsets.npy      int64, len(terms) + 1
     postings.npy              int64 internal ids, sorted within each term
+    postings_payloads.npy     float32, aligned with postings.npy, NaN = no payload (format 2 only)
     forward_offsets.npy       int64, documents + 1
     forward.npy               int32 term ids of each document
     nn/<key>.faiss            the key's IVF index; ids are internal ids, direct map = hashtable
@@ -32,8 +37,12 @@ import numpy as np
 from retrieval.quantized import NNField
 from retrieval.terms import normalize_term
 
-FORMAT = 1
+FORMATS = (1, 2)  # 1: no payloads; 2: with postings_payloads.npy
 CLUSTER_FIELD_PREFIX = "nn."
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+# A document's terms: "field:value" strings and (term, payload) pairs, or a mapping term -> payload or None
+TermsInput = Iterable[str | tuple[str, float | None]] | Mapping[str, float | None]
 
 
 class UpdateError(ValueError):
@@ -76,20 +85,24 @@ class _Growable:
 
 @dataclass
 class Document:
-    """A validated document version: normalised terms and unit-length embeddings per key."""
+    """A validated document version: normalised terms, their payloads (float32 values, only the terms that
+    carry one) and unit-length embeddings per key."""
 
     doc_id: int
     terms: list[str]
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    payloads: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class Update:
-    """A validated change of a document: terms replaced when given, embeddings replaced per given key."""
+    """A validated change of a document: terms (with their payloads) replaced when given, embeddings
+    replaced per given key."""
 
     doc_id: int
     terms: list[str] | None
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    payloads: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,7 @@ class EngineIndex:
         terms: list[str],
         postings_offsets: np.ndarray,
         postings: np.ndarray,
+        payloads: np.ndarray | None,
         forward_offsets: np.ndarray,
         forward: np.ndarray,
         fields: dict[str, NNField],
@@ -119,6 +133,7 @@ class EngineIndex:
         self._base_count = len(doc_ids)
         self._postings_offsets = postings_offsets
         self._postings = postings
+        self._payloads = payloads  # float32 aligned with postings (NaN: none), or None: no payload at all
         self._forward_offsets = forward_offsets
         self._forward = forward
         self._doc_ids = _Growable(np.int64, doc_ids)
@@ -130,6 +145,7 @@ class EngineIndex:
             dup = self._base_sorted_doc_ids[np.flatnonzero(np.diff(self._base_sorted_doc_ids) == 0)[0]]
             raise ValueError(f"doc_id {int(dup)} appears twice")
         self._delta: dict[int, _Growable] = {}
+        self._delta_payloads: dict[int, _Growable] = {}  # aligned with _delta[tid], once a payload arrives
         self._delta_forward: dict[int, np.ndarray] = {}
         self._overlay: dict[int, int] = {}  # doc id -> current internal id, -1 when deleted
         self._dead = 0
@@ -138,17 +154,30 @@ class EngineIndex:
     # ----- construction
     @classmethod
     def from_documents(
-        cls, doc_ids: np.ndarray, doc_terms: Sequence[Sequence[str]], fields: dict[str, NNField]
+        cls, doc_ids: np.ndarray, doc_terms: Sequence[TermsInput], fields: dict[str, NNField]
     ) -> EngineIndex:
-        """An index over documents in row order (internal id = row); terms are normalised here."""
+        """An index over documents in row order (internal id = row); terms (plain strings, (term, payload)
+        pairs or a mapping term -> payload) are normalised here."""
         doc_ids = np.asarray(doc_ids, dtype=np.int64)
         if len(doc_terms) != len(doc_ids):
             raise ValueError(f"{len(doc_ids)} doc ids but {len(doc_terms)} term lists")
         unique: dict[str, str] = {}
         pair_docs: list[int] = []
         pair_terms: list[str] = []
+        pair_payloads: dict[int, float] = {}  # pair number -> payload, for the few pairs that have one
         for row, terms in enumerate(doc_terms):
-            for raw in dict.fromkeys(terms):
+            if isinstance(terms, Mapping) or not all(isinstance(t, str) for t in terms):
+                try:
+                    names, payloads = parse_terms(terms)
+                except ValueError as exc:
+                    raise ValueError(f"doc_id {int(doc_ids[row])}: {exc}") from exc
+                for term in names:
+                    if term in payloads:
+                        pair_payloads[len(pair_terms)] = payloads[term]
+                    pair_docs.append(row)
+                    pair_terms.append(term)
+                continue
+            for raw in dict.fromkeys(terms):  # the common case, plain strings: normalised once per string
                 if raw not in unique:
                     try:
                         unique[raw] = document_term(raw)
@@ -160,7 +189,11 @@ class EngineIndex:
         lookup = {t: i for i, t in enumerate(vocab)}
         docs = np.asarray(pair_docs, dtype=np.int64)
         tids = np.fromiter((lookup[t] for t in pair_terms), dtype=np.int64, count=len(pair_terms))
-        return cls(doc_ids, vocab, *_csr_pair(docs, tids, len(doc_ids), len(vocab)), fields)
+        payloads = None
+        if pair_payloads:
+            payloads = np.full(len(pair_terms), np.nan, dtype=np.float32)
+            payloads[list(pair_payloads)] = list(pair_payloads.values())
+        return cls(doc_ids, vocab, *_csr_pair(docs, tids, len(doc_ids), len(vocab), payloads), fields)
 
     # ----- documents
     @property
@@ -207,34 +240,92 @@ class EngineIndex:
             tids = self._forward[self._forward_offsets[internal] : self._forward_offsets[internal + 1]]
         return [self.terms[t] for t in tids]
 
+    def document_payloads(self, internal: int) -> dict[str, float]:
+        """The payloads of a document's terms (only the terms that carry one)."""
+        if self._payloads is None and not self._delta_payloads:
+            return {}
+        if internal in self._delta_forward:
+            tids = self._delta_forward[internal]
+        else:
+            tids = self._forward[self._forward_offsets[internal] : self._forward_offsets[internal + 1]]
+        out = {}
+        for tid in tids.tolist():
+            value = self._payload_at(tid, internal)
+            if not math.isnan(value):
+                out[self.terms[tid]] = value
+        return out
+
+    def _payload_at(self, tid: int, internal: int) -> float:
+        """The payload of term `tid` in document `internal`, which holds it (NaN: none)."""
+        if internal < self._base_count:  # base documents are in the base postings only, new ones in deltas
+            if self._payloads is None:
+                return math.nan
+            lo, hi = self._base_range(tid)
+            return float(self._payloads[lo + int(np.searchsorted(self._postings[lo:hi], internal))])
+        payloads = self._delta_payloads.get(tid)
+        if payloads is None:
+            return math.nan
+        return float(payloads.view()[int(np.searchsorted(self._delta[tid].view(), internal))])
+
     def document_keys(self, internal: int) -> list[str]:
         return sorted(k for k, f in self.fields.items() if f.contains(internal))
 
     # ----- postings
+    @property
+    def has_payloads(self) -> bool:
+        """Whether some posting carries a payload (dead versions included)."""
+        return self._payloads is not None or bool(self._delta_payloads)
+
+    def _base_range(self, tid: int) -> tuple[int, int]:
+        """The slice of the base postings of term id `tid` (empty for terms new since the snapshot)."""
+        if tid < len(self._postings_offsets) - 1:
+            return int(self._postings_offsets[tid]), int(self._postings_offsets[tid + 1])
+        return 0, 0
+
     def posting(self, term: str) -> np.ndarray:
         """Sorted internal ids holding `term` (may include dead versions). Cluster terms read faiss lists."""
         tid = self.term_ids.get(term)
         if tid is None:
             return self._cluster_posting(term)
-        base = (
-            self._postings[self._postings_offsets[tid] : self._postings_offsets[tid + 1]]
-            if tid < len(self._postings_offsets) - 1
-            else np.empty(0, dtype=np.int64)
-        )
+        lo, hi = self._base_range(tid)
         delta = self._delta.get(tid)
+        base = self._postings[lo:hi]
         return base if delta is None else np.concatenate([base, delta.view()])
+
+    def posting_payloads(self, term: str) -> np.ndarray:
+        """float32 payloads aligned with `posting(term)`, NaN where none (cluster terms: all)."""
+        tid = self.term_ids.get(term)
+        if tid is None:
+            return np.full(self.posting_size(term), np.nan, dtype=np.float32)
+        lo, hi = self._base_range(tid)
+        base = self._payloads[lo:hi] if self._payloads is not None else np.full(hi - lo, np.nan, np.float32)
+        delta = self._delta.get(tid)
+        if delta is None:
+            return base
+        payloads = self._delta_payloads.get(tid)
+        extra = payloads.view() if payloads is not None else np.full(len(delta), np.nan, dtype=np.float32)
+        return np.concatenate([base, extra])
+
+    def term_payloads(self, term: str, ids: np.ndarray) -> np.ndarray:
+        """float32 payload of `term` in each of the documents `ids` (NaN: not held, or held without one)."""
+        out = np.full(len(ids), np.nan, dtype=np.float32)
+        if not self.has_payloads or term not in self.term_ids:
+            return out
+        posting = self.posting(term)
+        if len(posting) == 0:
+            return out
+        pos = np.minimum(np.searchsorted(posting, ids), len(posting) - 1)
+        held = posting[pos] == ids
+        out[held] = self.posting_payloads(term)[pos[held]]
+        return out
 
     def posting_size(self, term: str) -> int:
         tid = self.term_ids.get(term)
         if tid is None:
             return len(self._cluster_posting(term))
-        base = (
-            int(self._postings_offsets[tid + 1] - self._postings_offsets[tid])
-            if tid < len(self._postings_offsets) - 1
-            else 0
-        )
+        lo, hi = self._base_range(tid)
         delta = self._delta.get(tid)
-        return base + (0 if delta is None else len(delta))
+        return hi - lo + (0 if delta is None else len(delta))
 
     def _cluster_posting(self, term: str) -> np.ndarray:
         fieldname, _, value = term.partition(":")
@@ -247,34 +338,22 @@ class EngineIndex:
 
     # ----- validation of changes
     def check_document(
-        self, doc_id: int, terms: Iterable[str], embeddings: Mapping[str, Sequence[float]], max_terms: int
+        self, doc_id: int, terms: TermsInput, embeddings: Mapping[str, Sequence[float]], max_terms: int
     ) -> Document:
-        """A validated Document (normalised terms, unit vectors) or UpdateError naming the problem."""
-        return Document(
-            check_doc_id(doc_id),
-            self._check_terms(doc_id, terms, max_terms),
-            self._check_embeddings(doc_id, embeddings),
-        )
+        """A validated Document (normalised terms, float32 payloads, unit vectors) or UpdateError naming
+        the problem."""
+        doc_id = check_doc_id(doc_id)
+        try:
+            names, payloads = parse_terms(terms)
+        except ValueError as exc:
+            raise UpdateError(f"doc_id {doc_id}: {exc}") from exc
+        if len(names) > max_terms:
+            raise UpdateError(f"doc_id {doc_id}: {len(names)} terms, more than the limit of {max_terms}")
+        return Document(doc_id, names, self._check_embeddings(doc_id, embeddings), payloads)
 
     def check_add(self, doc: Document) -> None:
         if self.internal_id(doc.doc_id) is not None:
             raise DocumentExistsError(f"doc_id {doc.doc_id} already exists (use an update)")
-
-    def _check_terms(self, doc_id: int, terms: Iterable[str], max_terms: int) -> list[str]:
-        if isinstance(terms, str):
-            raise UpdateError(f"doc_id {doc_id}: terms must be a list of strings, not one string")
-        out = []
-        for raw in terms:
-            if not isinstance(raw, str):
-                raise UpdateError(f"doc_id {doc_id}: term {raw!r} is not a string")
-            try:
-                out.append(document_term(raw))
-            except ValueError as exc:
-                raise UpdateError(f"doc_id {doc_id}: {exc}") from exc
-        out = list(dict.fromkeys(out))
-        if len(out) > max_terms:
-            raise UpdateError(f"doc_id {doc_id}: {len(out)} terms, more than the limit of {max_terms}")
-        return out
 
     def _check_embeddings(
         self, doc_id: int, embeddings: Mapping[str, Sequence[float]]
@@ -314,18 +393,21 @@ class EngineIndex:
         for change in changes:
             if isinstance(change, Document):
                 self.check_add(change)
-                internal = self._append(change.doc_id, change.terms, {})
+                internal = self._append(change.doc_id, change.terms, change.payloads, {})
             elif isinstance(change, Update):
                 flush()  # the old version's codes must be in the lists to be copied or removed
                 old = self._live_internal(change.doc_id)
-                terms = change.terms if change.terms is not None else self.document_terms(old)
+                if change.terms is not None:
+                    terms, payloads = change.terms, change.payloads
+                else:
+                    terms, payloads = self.document_terms(old), self.document_payloads(old)
                 kept = {
                     key: f.codes(np.array([old]))
                     for key, f in self.fields.items()
                     if key not in change.embeddings and f.contains(old)
                 }
                 self._kill(old)
-                internal = self._append(change.doc_id, terms, kept)
+                internal = self._append(change.doc_id, terms, payloads, kept)
             else:
                 flush()
                 self._kill(self._live_internal(change.doc_id))
@@ -343,7 +425,9 @@ class EngineIndex:
             raise DocumentNotFoundError(f"doc_id {doc_id} does not exist")
         return internal
 
-    def _append(self, doc_id: int, terms: list[str], codes: Mapping[str, np.ndarray]) -> int:
+    def _append(
+        self, doc_id: int, terms: list[str], payloads: Mapping[str, float], codes: Mapping[str, np.ndarray]
+    ) -> int:
         internal = len(self._doc_ids)
         self._doc_ids.append(doc_id)
         self._live.append(True)
@@ -357,7 +441,13 @@ class EngineIndex:
             delta = self._delta.get(tid)
             if delta is None:
                 delta = self._delta[tid] = _Growable(np.int64)
+            delta_payloads = self._delta_payloads.get(tid)
+            if delta_payloads is None and term in payloads:
+                backfill = np.full(len(delta), np.nan, dtype=np.float32)
+                delta_payloads = self._delta_payloads[tid] = _Growable(np.float32, backfill)
             delta.append(internal)
+            if delta_payloads is not None:
+                delta_payloads.append(payloads.get(term, np.nan))
         self._delta_forward[internal] = np.asarray(tids, dtype=np.int32)
         ids = np.array([internal], dtype=np.int64)
         for key, code in codes.items():
@@ -380,17 +470,31 @@ class EngineIndex:
         live = self.universe()
         mapping = np.full(self.internal_count, -1, dtype=np.int64)
         mapping[live] = np.arange(len(live), dtype=np.int64)
-        base_live = live[live < self._base_count]
-        counts = self._forward_offsets[base_live + 1] - self._forward_offsets[base_live]
-        starts = np.repeat(self._forward_offsets[base_live], counts)
-        within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-        docs = [np.repeat(mapping[base_live], counts)]
-        tids = [self._forward[starts + within].astype(np.int64)]
-        for internal in live[live >= self._base_count]:
-            term_ids = self._delta_forward[int(internal)]
-            docs.append(np.full(len(term_ids), mapping[internal], dtype=np.int64))
-            tids.append(term_ids.astype(np.int64))
-        doc_col, tid_col = np.concatenate(docs), np.concatenate(tids)
+        # every (document, term id, payload) of the base postings and the deltas, dead versions dropped
+        base_terms = np.arange(len(self._postings_offsets) - 1, dtype=np.int64)
+        docs = [self._postings]
+        tids = [np.repeat(base_terms, np.diff(self._postings_offsets))]
+        with_payloads = self.has_payloads
+        payloads: list[np.ndarray] = []
+        if with_payloads:
+            base = self._payloads
+            payloads.append(base if base is not None else np.full(len(self._postings), np.nan, np.float32))
+        for tid, delta in self._delta.items():
+            docs.append(delta.view())
+            tids.append(np.full(len(delta), tid, dtype=np.int64))
+            if with_payloads:
+                delta_payloads = self._delta_payloads.get(tid)
+                payloads.append(
+                    delta_payloads.view()
+                    if delta_payloads is not None
+                    else np.full(len(delta), np.nan, dtype=np.float32)
+                )
+        doc_col = np.concatenate(docs)
+        keep = self.live_mask[doc_col]
+        doc_col, tid_col = mapping[doc_col[keep]], np.concatenate(tids)[keep]
+        pay_col = np.concatenate(payloads)[keep] if with_payloads else None
+        if pay_col is not None and np.isnan(pay_col).all():
+            pay_col = None  # the documents with payloads are gone
         used = np.unique(tid_col)
         vocab_order = sorted(used.tolist(), key=lambda t: self.terms[t])
         remap = np.full(len(self.terms), -1, dtype=np.int64)
@@ -398,7 +502,10 @@ class EngineIndex:
         vocab = [self.terms[t] for t in vocab_order]
         fields = {key: f.renumbered(mapping) for key, f in self.fields.items()}
         return EngineIndex(
-            self.doc_ids[live], vocab, *_csr_pair(doc_col, remap[tid_col], len(live), len(vocab)), fields
+            self.doc_ids[live],
+            vocab,
+            *_csr_pair(doc_col, remap[tid_col], len(live), len(vocab), pay_col),
+            fields,
         )
 
     def save(self, folder: Path) -> None:
@@ -411,12 +518,14 @@ class EngineIndex:
         (folder / "terms.json").write_text(json.dumps(self.terms))
         np.save(folder / "postings_offsets.npy", self._postings_offsets)
         np.save(folder / "postings.npy", self._postings)
+        if self._payloads is not None:
+            np.save(folder / "postings_payloads.npy", self._payloads)
         np.save(folder / "forward_offsets.npy", self._forward_offsets)
         np.save(folder / "forward.npy", self._forward)
         for key, f in self.fields.items():
             f.write(folder / "nn" / f"{key}.faiss")
         meta = {
-            "format": FORMAT,
+            "format": 1 if self._payloads is None else 2,  # older engines read payload-free folders
             "documents": self.live_count,
             "terms": len(self.terms),
             "postings": len(self._postings),
@@ -430,14 +539,17 @@ class EngineIndex:
         if not meta_path.is_file():
             raise FileNotFoundError(f"{folder}: not an engine index folder (no meta.json)")
         meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: format {meta.get('format')!r}, this engine reads format {FORMAT}")
+        if meta.get("format") not in FORMATS:
+            raise ValueError(
+                f"{meta_path}: format {meta.get('format')!r}, this engine reads formats {list(FORMATS)}"
+            )
         fields = {key: NNField.read(key, folder / "nn" / f"{key}.faiss") for key in sorted(meta["keys"])}
         return cls(
             np.load(folder / "doc_ids.npy"),
             json.loads((folder / "terms.json").read_text()),
             np.load(folder / "postings_offsets.npy"),
             np.load(folder / "postings.npy"),
+            np.load(folder / "postings_payloads.npy") if meta["format"] == 2 else None,
             np.load(folder / "forward_offsets.npy"),
             np.load(folder / "forward.npy"),
             fields,
@@ -446,7 +558,9 @@ class EngineIndex:
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held by each part of the index (numpy arrays and faiss codes; Python dicts excluded)."""
         arrays = {
-            "postings": self._postings.nbytes + self._postings_offsets.nbytes,
+            "postings": self._postings.nbytes
+            + self._postings_offsets.nbytes
+            + (0 if self._payloads is None else self._payloads.nbytes),
             "forward": self._forward.nbytes + self._forward_offsets.nbytes,
             "documents": self.doc_ids.nbytes
             + self.live_mask.nbytes
@@ -457,15 +571,24 @@ class EngineIndex:
         return arrays
 
 
-def _csr_pair(docs: np.ndarray, tids: np.ndarray, n_docs: int, n_terms: int) -> tuple[np.ndarray, ...]:
-    """Postings (term-major) and forward (doc-major) CSR arrays from (doc, term id) pairs."""
+def _csr_pair(
+    docs: np.ndarray, tids: np.ndarray, n_docs: int, n_terms: int, payloads: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """Postings (term-major, with their payloads if any) and forward (doc-major) CSR arrays from
+    (doc, term id, payload) triples."""
     by_term = np.lexsort((docs, tids))
     postings_offsets = np.zeros(n_terms + 1, dtype=np.int64)
     np.cumsum(np.bincount(tids, minlength=n_terms), out=postings_offsets[1:])
     by_doc = np.lexsort((tids, docs))
     forward_offsets = np.zeros(n_docs + 1, dtype=np.int64)
     np.cumsum(np.bincount(docs, minlength=n_docs), out=forward_offsets[1:])
-    return (postings_offsets, docs[by_term].astype(np.int64), forward_offsets, tids[by_doc].astype(np.int32))
+    return (
+        postings_offsets,
+        docs[by_term].astype(np.int64),
+        None if payloads is None else payloads[by_term].astype(np.float32),
+        forward_offsets,
+        tids[by_doc].astype(np.int32),
+    )
 
 
 def cluster_field(fields: Mapping[str, NNField], fieldname: str) -> NNField | None:
@@ -482,6 +605,44 @@ def document_term(raw: str) -> str:
     if term.startswith(CLUSTER_FIELD_PREFIX):
         raise ValueError(f"term {raw!r} uses the reserved field prefix {CLUSTER_FIELD_PREFIX!r}")
     return term
+
+
+def parse_terms(terms: TermsInput) -> tuple[list[str], dict[str, float]]:
+    """Normalised terms (first occurrence order) and the float32 payloads of those that carry one.
+
+    `terms` is a list of "field:value" strings and (term, payload) pairs, or a mapping term -> payload
+    (None: no payload). A term repeated with another payload is an error.
+    """
+    if isinstance(terms, str):
+        raise ValueError("terms must be a list of strings or [term, payload] pairs, not one string")
+    items = terms.items() if isinstance(terms, Mapping) else (_term_item(t) for t in terms)
+    names: dict[str, float | None] = {}
+    for raw, payload in items:
+        if not isinstance(raw, str):
+            raise ValueError(f"term {raw!r} is not a string")
+        term = document_term(raw)
+        value = None if payload is None else _payload(term, payload)
+        if term in names and names[term] != value:
+            raise ValueError(f"term {term!r} is given twice, with payloads {names[term]} and {value}")
+        names[term] = value
+    return list(names), {t: v for t, v in names.items() if v is not None}
+
+
+def _term_item(item: object) -> tuple[object, object]:
+    if isinstance(item, (list, tuple)):
+        if len(item) != 2:
+            raise ValueError(f"term {item!r} is not a string or a [term, payload] pair")
+        return item[0], item[1]
+    return item, None
+
+
+def _payload(term: str, value: object) -> float:
+    """A payload as the float32 value stored, or ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"payload of term {term!r} must be a number, got {value!r}")
+    if not math.isfinite(float(value)) or abs(float(value)) > _FLOAT32_MAX:
+        raise ValueError(f"payload of term {term!r} must be a finite float32, got {value!r}")
+    return float(np.float32(value))
 
 
 def check_doc_id(doc_id: object) -> int:

@@ -11,8 +11,7 @@ too), optionally behind `IndexPreTransform` (OPQ, PCA), built with METRIC_INNER_
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +43,7 @@ class NNField:
         self.ivf = _checked_ivf(key, index)
         self.transforms = _transforms(index)
         self.d = index.d
+        self._nlist = int(self.ivf.nlist)  # read once: a swig attribute costs a microsecond per query
         self._coarse_code_size = self.ivf.coarse_code_size()
         self._shared_params: dict[int, tuple[faiss.SearchParameters, faiss.SearchParametersIVF]] = {}
         # each internal id's cluster (-1: none) and each cluster's size, kept in step with the lists
@@ -75,7 +75,7 @@ class NNField:
     # ----- sizes
     @property
     def nlist(self) -> int:
-        return int(self.ivf.nlist)
+        return self._nlist
 
     @property
     def ntotal(self) -> int:
@@ -148,9 +148,9 @@ class NNField:
         """
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.d)
         result = faiss.RangeSearchResult(1)
-        threshold = float(np.nextafter(np.float32(min_score), _BELOW))
-        with self._params(nprobe, selector) as params:
-            self.index.range_search_c(1, faiss.swig_ptr(query), threshold, result, params)
+        threshold = _threshold(min_score)
+        params = self._params(nprobe, selector)  # the pair stays referenced for the call
+        self.index.range_search_c(1, faiss.swig_ptr(query), threshold, result, params[0])
         count = int(faiss.rev_swig_ptr(result.lims, 2)[1])
         ids = faiss.rev_swig_ptr(result.labels, count).copy()
         scores = faiss.rev_swig_ptr(result.distances, count).copy()
@@ -161,27 +161,28 @@ class NNField:
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.d)
         scores = np.empty((1, k), dtype=np.float32)
         ids = np.empty((1, k), dtype=np.int64)
-        with self._params(nprobe, None) as params:
-            self.index.search_c(
-                1, faiss.swig_ptr(query), k, faiss.swig_ptr(scores), faiss.swig_ptr(ids), params
-            )
+        params = self._params(nprobe, None)
+        self.index.search_c(
+            1, faiss.swig_ptr(query), k, faiss.swig_ptr(scores), faiss.swig_ptr(ids), params[0]
+        )
         found = ids[0] >= 0
         return ids[0][found], scores[0][found]
 
-    @contextlib.contextmanager
-    def _params(self, nprobe: int, selector: faiss.IDSelector | None) -> Iterator[faiss.SearchParameters]:
-        """Search parameters for the wrapper index; those without a selector are made once and shared."""
-        nprobe = min(nprobe, self.nlist)
+    def _params(
+        self, nprobe: int, selector: faiss.IDSelector | None
+    ) -> tuple[faiss.SearchParameters, faiss.SearchParametersIVF]:
+        """Search parameters for the wrapper index, and the IVF parameters they point to (keep both alive
+        during the search); those without a selector are made once and shared."""
+        nprobe = min(nprobe, self._nlist)
         if selector is None and nprobe in self._shared_params:
-            yield self._shared_params[nprobe][0]
-            return
+            return self._shared_params[nprobe]
         ivf_params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
         params = ivf_params
         if self.transforms:
             params = faiss.SearchParametersPreTransform(index_params=ivf_params)
         if selector is None:
             self._shared_params[nprobe] = (params, ivf_params)  # read-only from now on: safe across threads
-        yield params
+        return params, ivf_params
 
     def score(self, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Scores of stored documents against `query` (already in IVF space) from their decoded codes."""
@@ -267,6 +268,12 @@ class NNField:
     def memory_bytes(self) -> int:
         """Bytes of codes and ids in the inverted lists plus the cluster of each id (direct map excluded)."""
         return self.ntotal * (int(self.ivf.invlists.code_size) + 8) + self._list_of.nbytes
+
+
+@functools.lru_cache(maxsize=1024)
+def _threshold(min_score: float) -> float:
+    """faiss keeps scores > threshold: the float32 just below `min_score`, so that the check is inclusive."""
+    return float(np.nextafter(np.float32(min_score), _BELOW))
 
 
 def coarse_lists(codes: np.ndarray, coarse_code_size: int) -> np.ndarray:

@@ -1,14 +1,16 @@
 """The query language: S-expressions over terms with a first-class (nn) operator.
 
-    expr  := (term FIELD:VALUE)
+    expr  := (term FIELD:VALUE [:min X] [:max Y] [:score])
            | (and expr*) | (or expr*) | (not expr)
            | (nn KEY :radius R [:nprobe N]) | (nn KEY :k K [:nprobe N])
            | $text
 
 `$text` stands for the query text's terms: (and (term text:a) (term text:b) ...), or (or) -- nothing --
-when the text has no tokens. Errors are `QueryError`s carrying the 0-based offset of the problem; their
-message says `column <offset + 1>: <problem>`. Limits (query length, depth, node count, nprobe, k) come
-from conf/engine/default.yaml.
+when the text has no tokens. A term's `:min` / `:max` keep only the postings whose payload (float32) lies
+within the bounds (inclusive; postings without a payload fail any bound), and `:score` makes the document's
+payload of the term one of the result's scores (see executor). Errors are `QueryError`s carrying the
+0-based offset of the problem; their message says `column <offset + 1>: <problem>`. Limits (query
+length, depth, node count, nprobe, k) come from conf/engine/default.yaml.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
+from retrieval.index import CLUSTER_FIELD_PREFIX
 from retrieval.terms import normalize_term, query_terms
 
 _KEY = re.compile(r"^[A-Za-z0-9_.+\-]+$")  # the keys of published versions (tasks.retriever.KEY)
@@ -45,11 +50,23 @@ class Limits:
 
 @dataclass(frozen=True)
 class Term:
+    """A term's postings; with `low`/`high`, only those whose payload is within [low, high] (compared as
+    float32); `score`: the document's payload of the term is a score of the result."""
+
     term: str
     pos: int = 0
+    low: float | None = None
+    high: float | None = None
+    score: bool = False
+
+    @property
+    def bounded(self) -> bool:
+        return self.low is not None or self.high is not None
 
     def __str__(self) -> str:
-        return f"(term {self.term})"
+        options = "" if self.low is None else f" :min {self.low!r}"
+        options += "" if self.high is None else f" :max {self.high!r}"
+        return f"(term {self.term}{options}{' :score' if self.score else ''})"
 
 
 @dataclass(frozen=True)
@@ -183,9 +200,31 @@ class _Parser:
         if token in ("(", ")"):
             raise QueryError(tpos, f"unexpected {token!r}: expected field:value after 'term'")
         try:
-            return Term(normalize_term(token), pos)
+            term = normalize_term(token)
         except ValueError as exc:
             raise QueryError(tpos, str(exc)) from exc
+        bounds: dict[str, tuple[float, int]] = {}
+        score = False
+        while (tok := self.peek()) is not None and tok[0] != ")":
+            name, npos = self.take("a term option")
+            if name not in (":min", ":max", ":score"):
+                raise QueryError(npos, f"unknown term option {name!r} (expected :min, :max or :score)")
+            if name in bounds or (name == ":score" and score):
+                raise QueryError(npos, f"term option {name} given twice")
+            if term.startswith(CLUSTER_FIELD_PREFIX):
+                raise QueryError(npos, f"{name}: cluster terms carry PQ codes, not float payloads")
+            if name == ":score":
+                score = True
+                continue
+            value = self.take(f"a number after {name}")
+            if value[0] in ("(", ")"):
+                raise QueryError(value[1], f"unexpected {value[0]!r}: expected a number after {name}")
+            bounds[name] = (self.bound(value, name), value[1])
+        low = bounds[":min"][0] if ":min" in bounds else None
+        high = bounds[":max"][0] if ":max" in bounds else None
+        if low is not None and high is not None and np.float32(low) > np.float32(high):
+            raise QueryError(bounds[":max"][1], f":max {high!r} is below :min {low!r}")
+        return Term(term, pos, low, high, score)
 
     def nn(self, pos: int) -> NN:
         key, kpos = self.take("an embedding key after 'nn'")
@@ -221,6 +260,17 @@ class _Parser:
         number = int(text)
         if not 1 <= number <= maximum:
             raise QueryError(pos, f"{name} must be between 1 and {maximum}, got {number}")
+        return number
+
+    @staticmethod
+    def bound(value: tuple[str, int], name: str) -> float:
+        text, pos = value
+        try:
+            number = float(text) if len(text) <= 32 else math.nan
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or abs(number) > float(np.finfo(np.float32).max):
+            raise QueryError(pos, f"{name} must be a finite float32 number, got {text!r}")
         return number
 
     @staticmethod
@@ -270,6 +320,17 @@ def expand_text(node: Node, query_text: str | None) -> Node:
     if isinstance(node, Not):
         return Not(expand_text(node.child, query_text), node.pos)
     return node
+
+
+def scored_terms(node: Node) -> list[str]:
+    """The terms marked `:score` in an expression, in text order without repeats."""
+    if isinstance(node, Term):
+        return [node.term] if node.score else []
+    if isinstance(node, (And, Or)):
+        return list(dict.fromkeys(t for c in node.children for t in scored_terms(c)))
+    if isinstance(node, Not):
+        return scored_terms(node.child)
+    return []
 
 
 def nn_nodes(node: Node) -> list[NN]:

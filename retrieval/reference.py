@@ -3,7 +3,8 @@
 It reads the same quantised data as the engine (each document's cluster and its code, decoded with faiss's
 `sa_decode`) but shares none of its evaluation: every document is tested against every node with Python
 sets and float64 numpy. Its nn picks the nprobe nearest centroids by a dense product with all centroids
-and scores every document of those clusters.
+and scores every document of those clusters. Documents are plain dicts term -> payload (None: no payload);
+payloads and term bounds are compared as float32, as the index stores them.
 
 Scores from the engine (faiss look-up-table sums in float32) and from here (float64 dot products of decoded
 vectors) agree to about 1e-6. `EPSILON` is the tolerance of the tests: a result is *ambiguous* when a
@@ -21,7 +22,7 @@ import numpy as np
 
 from retrieval.index import CLUSTER_FIELD_PREFIX, EngineIndex
 from retrieval.quantized import NNField, coarse_lists
-from retrieval.query import NN, And, Node, Not, Or, Term, nn_nodes
+from retrieval.query import NN, And, Node, Not, Or, Term, nn_nodes, scored_terms
 
 EPSILON = 1e-4
 
@@ -63,10 +64,22 @@ class ReferenceResult:
     ambiguous: bool
 
 
+Docs = Mapping[int, Mapping[str, float | None]]  # doc id -> its terms -> payload (None: none)
+
+
+def _in_bounds(payload: float | None, node: Term) -> bool:
+    if payload is None:
+        return not node.bounded
+    value = np.float32(payload)
+    return (node.low is None or value >= np.float32(node.low)) and (
+        node.high is None or value <= np.float32(node.high)
+    )
+
+
 class _Evaluator:
     def __init__(
         self,
-        docs: Mapping[int, set[str]],
+        docs: Docs,
         keys: Mapping[str, QuantisedKey],
         vectors: Mapping[str, np.ndarray],
     ):
@@ -78,7 +91,12 @@ class _Evaluator:
 
     def eval(self, node: Node) -> set[int]:
         if isinstance(node, Term):
-            return {d for d, terms in self.docs.items() if node.term in terms} | self.cluster_term(node.term)
+            held = {
+                d
+                for d, terms in self.docs.items()
+                if node.term in terms and _in_bounds(terms[node.term], node)
+            }
+            return held if node.bounded else held | self.cluster_term(node.term)
         if isinstance(node, And):
             out = set(self.all)
             for child in node.children:
@@ -132,11 +150,12 @@ class _Evaluator:
 
 def evaluate(
     root: Node,
-    docs: Mapping[int, set[str]],
+    docs: Docs,
     keys: Mapping[str, QuantisedKey],
     vectors: Mapping[str, np.ndarray],
 ) -> ReferenceResult:
-    """The matching documents of `root` with their scores (best over the expression's nn keys)."""
+    """The matching documents of `root` with their scores (best over the expression's nn keys and the
+    payloads of its `:score` terms)."""
     evaluator = _Evaluator(docs, keys, vectors)
     matches = evaluator.eval(root)
     scores: dict[int, float | None] = dict.fromkeys(matches)
@@ -146,4 +165,10 @@ def evaluate(
             if d in scores:
                 best = scores[d]
                 scores[d] = s if best is None else max(best, s)
+    for term in scored_terms(root):
+        for d in matches:
+            payload = docs[d].get(term)
+            if payload is not None:
+                best, value = scores[d], float(np.float32(payload))
+                scores[d] = value if best is None else max(best, value)
     return ReferenceResult(scores, evaluator.ambiguous)

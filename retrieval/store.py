@@ -16,7 +16,8 @@ under a temporary name, renames it, starts an empty log, then moves CURRENT: a c
 complete generation.
 
 Log record: 4-byte little-endian payload length, 4-byte CRC32 of the payload, payload = UTF-8 JSON
-{"op": "add"|"update"|"delete", "doc_id", "terms", "embeddings": {key: base64 float32 little-endian}}.
+{"op": "add"|"update"|"delete", "doc_id", "terms", "embeddings": {key: base64 float32 little-endian}}, plus
+"payloads": {term: float32 value} when some of the terms carry one.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from retrieval.index import (
     DocumentExistsError,
     DocumentNotFoundError,
     EngineIndex,
+    TermsInput,
     Update,
     UpdateError,
     check_doc_id,
@@ -127,6 +129,8 @@ def encode_change(change: Change) -> bytes:
                 k: base64.b64encode(v.astype("<f4").tobytes()).decode() for k, v in change.embeddings.items()
             },
         }
+        if change.payloads:
+            record["payloads"] = change.payloads  # float32 values: exact as JSON numbers
     payload = json.dumps(record, separators=(",", ":")).encode()
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
@@ -139,9 +143,10 @@ def decode_change(payload: bytes) -> Change:
         k: np.frombuffer(base64.b64decode(v), dtype="<f4").astype(np.float32)
         for k, v in record["embeddings"].items()
     }
+    payloads = {str(t): float(v) for t, v in record.get("payloads", {}).items()}
     if record["op"] == "add":
-        return Document(int(record["doc_id"]), list(record["terms"]), embeddings)
-    return Update(int(record["doc_id"]), record["terms"], embeddings)
+        return Document(int(record["doc_id"]), list(record["terms"]), embeddings, payloads)
+    return Update(int(record["doc_id"]), record["terms"], embeddings, payloads)
 
 
 def read_log(path: Path, repair: bool) -> list[Change]:
@@ -277,7 +282,7 @@ class Engine:
             )
 
     def document(self, doc_id: int) -> dict[str, Any] | None:
-        """A live document's terms and embedding keys, or None."""
+        """A live document's terms, their payloads (terms that carry one) and embedding keys, or None."""
         with self._rw.read():
             internal = self.index.internal_id(doc_id)
             if internal is None:
@@ -285,17 +290,18 @@ class Engine:
             return {
                 "doc_id": doc_id,
                 "terms": self.index.document_terms(internal),
+                "payloads": self.index.document_payloads(internal),
                 "keys": self.index.document_keys(internal),
             }
 
     # ----- changes
-    def add(self, doc_id: int, terms: Sequence[str], embeddings: Mapping[str, Sequence[float]]) -> None:
+    def add(self, doc_id: int, terms: TermsInput, embeddings: Mapping[str, Sequence[float]]) -> None:
         self.apply([{"op": "add", "doc_id": doc_id, "terms": terms, "embeddings": embeddings}])
 
     def update(
         self,
         doc_id: int,
-        terms: Sequence[str] | None = None,
+        terms: TermsInput | None = None,
         embeddings: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         self.apply([{"op": "update", "doc_id": doc_id, "terms": terms, "embeddings": embeddings or {}}])
@@ -306,7 +312,8 @@ class Engine:
     def apply(self, requests: Sequence[Mapping[str, Any]]) -> int:
         """Validate a batch of changes, log them with one fsync, apply them; all or none are accepted.
 
-        Each request is {"op": "add"|"update"|"delete", "doc_id", "terms", "embeddings"}; raises UpdateError
+        Each request is {"op": "add"|"update"|"delete", "doc_id", "terms", "embeddings"} (terms: strings and
+        [term, payload] pairs, or a mapping term -> payload); raises UpdateError
         (status 400/404/409) naming the first bad request. Returns the number of changes applied.
         """
         if not self.writable:
@@ -353,9 +360,8 @@ class Engine:
                     if not present:
                         raise DocumentNotFoundError(f"doc_id {doc_id} does not exist")
                     doc = self.index.check_document(doc_id, request.get("terms") or [], embeddings, limit)
-                    change = Update(
-                        doc.doc_id, doc.terms if request.get("terms") is not None else None, doc.embeddings
-                    )
+                    replaced = request.get("terms") is not None
+                    change = Update(doc.doc_id, doc.terms if replaced else None, doc.embeddings, doc.payloads)
                 elif op == "delete":
                     if not present:
                         raise DocumentNotFoundError(f"doc_id {doc_id} does not exist")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from ebr.schema import VERTICALS
 from models.features import FeatureSet
 from models.lightning_module import TwoTowerModule
 from models.text_features import normalize_text
+from tasks.shards import map_shards, row_shards
 from tasks.train import embed_documents, embed_queries
 
 log = logging.getLogger(__name__)
@@ -217,22 +219,25 @@ def bm25_ranking(features: FeatureSet, rows: np.ndarray, depth: int, k1: float, 
 def knn_ranking(
     docs: np.ndarray, queries: np.ndarray, features: FeatureSet, rows: np.ndarray, depth: int, block: int
 ) -> np.ndarray:
-    """Exact KNN (faiss IndexFlatIP on L2-normalised embeddings) over the documents of each session's
-    vertical, queries searched in blocks. docs: one row per document; queries: one per session of `rows`."""
+    """Exact KNN (inner product on L2-normalised embeddings) over the documents of each session's vertical,
+    queries searched in shards of `block` on the current runner (tasks/shards.py). docs: one row per
+    document; queries: one per session of `rows`."""
     out = np.full((len(rows), depth), -1, np.int64)
     for i, _ in enumerate(VERTICALS):
         pool = np.flatnonzero(features.doc_vertical == i)
         sel = np.flatnonzero(features.session_vertical[rows] == i)
         if len(pool) == 0 or len(sel) == 0:
             continue
-        index = faiss.IndexFlatIP(docs.shape[1])
-        index.add(docs[pool])
         k = min(depth, len(pool))
-        for start in range(0, len(sel), block):
-            part = sel[start : start + block]
-            _, found = index.search(queries[part], k)
-            out[part, :k] = np.where(found >= 0, pool[np.maximum(found, 0)], -1)
+        search = partial(_knn_block, np.ascontiguousarray(docs[pool]), queries[sel], k)
+        found = np.concatenate(map_shards(search, row_shards(len(sel), block), "evaluation"))
+        out[sel, :k] = np.where(found >= 0, pool[np.maximum(found, 0)], -1)
     return out
+
+
+def _knn_block(pool_vectors: np.ndarray, queries: np.ndarray, k: int, b: slice) -> np.ndarray:
+    """Rows of the `k` nearest pool vectors of the queries `b` (exact inner product, as IndexFlatIP)."""
+    return faiss.knn(np.ascontiguousarray(queries[b]), pool_vectors, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
 
 
 def markdown_report(report: Mapping[str, Any]) -> str:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import duckdb
 import faiss
 import numpy as np
 import pandas as pd
+
+from tasks.shards import map_shards, row_shards
 
 PositiveStrategy = Literal["clicks", "impressions", "clicks+hard", "impressions+hard", "hard"]
 POSITIVE_STRATEGIES: tuple[str, ...] = ("clicks", "impressions", "clicks+hard", "impressions+hard", "hard")
@@ -191,26 +194,63 @@ def _kind_priority(col: pd.Series) -> pd.Series:
     return col.map({"hard_positive": 0, "click": 1, "impression": 2})
 
 
+@dataclass(frozen=True)
+class ExcludedDocs:
+    """Documents never taken as hard negatives: every session of a group skips every document of its group.
+
+    Grouped, the exclusions stay O(clicks); as (session, document) pairs they grow with the square of a
+    query's popularity (649 million pairs on the `large` world; 1.1 million documents in 0.5 million
+    groups)."""
+
+    session_groups: pd.DataFrame  # session_id, group (int >= 0)
+    group_docs: pd.DataFrame  # group, doc_id
+
+    @classmethod
+    def from_pairs(cls, pairs: pd.DataFrame) -> ExcludedDocs:
+        """Explicit (session_id, doc_id) pairs: one group per session."""
+        ids = pairs["session_id"].to_numpy(np.int64)
+        sessions = np.unique(ids)
+        return cls(
+            pd.DataFrame({"session_id": sessions, "group": np.arange(len(sessions))}),
+            pd.DataFrame(
+                {"group": np.searchsorted(sessions, ids), "doc_id": pairs["doc_id"].to_numpy(np.int64)}
+            ),
+        )
+
+    def pairs(self) -> pd.DataFrame:
+        """The (session_id, doc_id) pairs, sorted (for small data: tests, inspection)."""
+        merged = self.session_groups.merge(self.group_docs, on="group")[["session_id", "doc_id"]]
+        return merged.sort_values(["session_id", "doc_id"], ignore_index=True)
+
+
 def same_query_clicks(
     con: duckdb.DuckDBPyConnection, train_session_ids: np.ndarray, session_ids: np.ndarray
-) -> pd.DataFrame:
-    """(session_id, doc_id) pairs: documents clicked, in any training session, for the same normalised query
-    text and vertical as the session. Likely false negatives, excluded from hard negatives on request."""
+) -> ExcludedDocs:
+    """Documents clicked, in any training session, for the same normalised query text and vertical as the
+    session: likely false negatives, excluded from hard negatives on request. A group per (text, vertical)."""
     _register_ids(con, train_session_ids)
-    con.register("_mine_query_ids", pd.DataFrame({"session_id": np.asarray(session_ids, np.int64)}))
-    return con.execute(
+    group_docs = con.execute(
         """
         WITH clicked AS (
             SELECT DISTINCT lower(trim(s.query)) AS q, s.vertical, i.doc_id
             FROM impressions i JOIN sessions s USING (session_id) JOIN _mine_train_ids t USING (session_id)
             WHERE i.clicked
         )
-        SELECT DISTINCT s.session_id, c.doc_id
-        FROM sessions s JOIN _mine_query_ids USING (session_id)
-        JOIN clicked c ON c.q = lower(trim(s.query)) AND c.vertical = s.vertical
-        ORDER BY s.session_id, c.doc_id
+        SELECT q, vertical, (dense_rank() OVER (ORDER BY q, vertical) - 1)::BIGINT AS "group", doc_id
+        FROM clicked ORDER BY "group", doc_id
         """
     ).df()
+    con.register("_mine_groups", group_docs[["q", "vertical", "group"]].drop_duplicates())
+    con.register("_mine_query_ids", pd.DataFrame({"session_id": np.asarray(session_ids, np.int64)}))
+    session_groups = con.execute(
+        """
+        SELECT s.session_id, g."group"
+        FROM sessions s JOIN _mine_query_ids USING (session_id)
+        JOIN _mine_groups g ON g.q = lower(trim(s.query)) AND g.vertical = s.vertical
+        ORDER BY s.session_id
+        """
+    ).df()
+    return ExcludedDocs(session_groups, group_docs[["group", "doc_id"]])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -433,6 +473,100 @@ def shard_rows(doc_ids: np.ndarray, fraction: float | None, seed: int) -> np.nda
     return np.sort(np.argsort(keys, kind="stable")[:n])
 
 
+class _DocLookup:
+    """Row of a document id among the indexed documents."""
+
+    def __init__(self, doc_ids: np.ndarray) -> None:
+        self.order = np.argsort(doc_ids, kind="stable")
+        self.sorted = doc_ids[self.order]
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Indexed row of each id, or -1 for ids not indexed."""
+        if not len(self.sorted):
+            return np.full(len(ids), -1, np.int64)
+        p = np.minimum(np.searchsorted(self.sorted, ids), len(self.sorted) - 1)
+        return np.where(self.sorted[p] == ids, self.order[p], -1)
+
+
+@dataclass
+class _BlockState:
+    """What every block of queries reads (shipped once per worker by the shard runner)."""
+
+    sessions: np.ndarray  # sorted session ids with positives
+    counts: np.ndarray  # positives per session
+    offsets: np.ndarray  # session -> first positive in pos_docs
+    query_vectors: np.ndarray  # the embedded queries
+    query_rows: np.ndarray  # row of query_vectors of each session
+    pos_docs: np.ndarray  # positives' doc ids, grouped by session, doc_id order
+    doc_ids: np.ndarray  # indexed documents
+    doc_vectors: np.ndarray
+    lookup: _DocLookup
+    skip: _PairSet  # (session row, document row) of the sessions' positives
+    session_group: np.ndarray  # exclusion group of each session, -1 for none
+    group_skip: _PairSet | None  # (group, document row) pairs never to sample for the group's sessions
+    ann: faiss.Index
+    window: tuple[int, int]  # ranks, 1-based inclusive; end clipped to the indexed documents
+    per_positive: int
+    strategy: str
+    seed: int
+
+
+@dataclass
+class _Block:
+    sessions: np.ndarray
+    positives: np.ndarray
+    docs: np.ndarray
+    ranks: np.ndarray
+    scores: np.ndarray
+    positive_scores: np.ndarray
+    excluded: int
+
+
+def _mine_block(st: _BlockState, b: slice) -> _Block:
+    """Hard negatives of the sessions `b`: one ANN top-K call, window cut, exclusions, sampling."""
+    lo, k = st.window
+    counts = st.counts[b]
+    b_rows = np.arange(b.start, b.stop)
+    qv = np.ascontiguousarray(st.query_vectors[st.query_rows[b]], dtype=np.float32)
+    scores, cand = st.ann.search(qv, k)
+    # positive scores, for the statistics
+    pr = st.lookup.rows(st.pos_docs[st.offsets[b.start] : st.offsets[b.stop]])
+    pv = np.where(pr[:, None] >= 0, st.doc_vectors[np.maximum(pr, 0)], np.nan)
+    positive_scores = np.einsum("ij,ij->i", pv, np.repeat(qv, counts, axis=0))
+
+    cand, scores = cand[:, lo - 1 :], scores[:, lo - 1 :]
+    ranks = np.broadcast_to(np.arange(lo, lo + cand.shape[1], dtype=np.int64), cand.shape)
+    missing = cand < 0
+    skipped = st.skip.contains(np.repeat(b_rows, cand.shape[1]).reshape(cand.shape), cand)
+    if st.group_skip is not None:
+        groups = np.repeat(st.session_group[b], cand.shape[1]).reshape(cand.shape)
+        skipped |= (groups >= 0) & st.group_skip.contains(np.maximum(groups, 0), cand)
+    skipped &= ~missing
+    valid = ~missing & ~skipped
+    if st.strategy == "top":
+        order_key = ranks.astype(np.uint64)
+    else:
+        order_key = sample_keys(
+            st.seed, np.repeat(st.sessions[b], cand.shape[1]), st.doc_ids[np.maximum(cand, 0)].ravel()
+        ).reshape(cand.shape)
+    order_key = np.where(valid, order_key, np.iinfo(np.uint64).max)
+    order = np.argsort(order_key, axis=1, kind="stable")
+    need = counts * st.per_positive
+    take = np.arange(cand.shape[1])[None, :] < np.minimum(need, valid.sum(axis=1))[:, None]
+    r_local, slot = np.nonzero(take)
+    col = order[r_local, slot]
+    # slot j of a session goes to its positive j // per_positive (positives in doc_id order)
+    return _Block(
+        sessions=st.sessions[b][r_local],
+        positives=st.pos_docs[st.offsets[b.start + r_local] + slot // st.per_positive],
+        docs=st.doc_ids[cand[r_local, col]],
+        ranks=ranks[r_local, col],
+        scores=scores[r_local, col],
+        positive_scores=positive_scores,
+        excluded=int(skipped.sum()),
+    )
+
+
 def offline_hard_negatives(
     queries: Embedded,
     documents: Embedded,
@@ -442,7 +576,7 @@ def offline_hard_negatives(
     per_positive: int = 1,
     strategy: HardStrategy = "uniform",
     shard: float | None = None,
-    excluded: pd.DataFrame | None = None,
+    excluded: ExcludedDocs | None = None,
     block_size: int = 4096,
     index: str = "flat",
     nlist: int = 1024,
@@ -452,7 +586,7 @@ def offline_hard_negatives(
     """Hard negatives for each positive from the ranks `window` (1-based, inclusive) of the query's top-K.
 
     The query is the session (row of `queries`); K = window end. Candidates that are positives of the same
-    session, or in `excluded` (session_id, doc_id) pairs, are skipped, keeping the others' ranks. `uniform`
+    session, or excluded for it by `excluded`, are skipped, keeping the others' ranks. `uniform`
     samples `per_positive` negatives per positive uniformly from the remaining window, `top` takes the
     best-ranked ones; a session's negatives are distinct. With `shard`, only one random shard holding that
     fraction of the documents is indexed (the paper found one shard enough). Top-K runs over blocks of
@@ -482,24 +616,18 @@ def offline_hard_negatives(
         shard_idx = shard_rows(documents.ids.astype(np.int64), shard, seed)
         shard_doc_ids = documents.ids[shard_idx].astype(np.int64)
         doc_vecs = np.ascontiguousarray(documents.vectors[shard_idx], dtype=np.float32)
-    d_order = np.argsort(shard_doc_ids, kind="stable")
-    d_sorted = shard_doc_ids[d_order]
-
-    def shard_index_of(ids: np.ndarray) -> np.ndarray:
-        """Shard row of each id, or -1 for ids not in the shard."""
-        p = np.minimum(np.searchsorted(d_sorted, ids), max(len(d_sorted) - 1, 0))
-        hit = (d_sorted[p] == ids) if len(d_sorted) else np.zeros(len(ids), bool)
-        return np.where(hit, d_order[p], -1)
-
+    lookup = _DocLookup(shard_doc_ids)
     session_of = np.repeat(np.arange(len(sessions)), counts)
-    skip_rows, skip_docs = [session_of], [shard_index_of(pos_docs)]
-    if excluded is not None and len(excluded):
-        ex = excluded[excluded["session_id"].isin(sessions)]
-        skip_rows.append(np.searchsorted(sessions, ex["session_id"].to_numpy(np.int64)))
-        skip_docs.append(shard_index_of(ex["doc_id"].to_numpy(np.int64)))
-    rows_all, docs_all = np.concatenate(skip_rows), np.concatenate(skip_docs)
-    keep = docs_all >= 0
-    skip = _PairSet(rows_all[keep], docs_all[keep], len(shard_doc_ids))
+    pos_rows = lookup.rows(pos_docs)
+    skip = _PairSet(session_of[pos_rows >= 0], pos_rows[pos_rows >= 0], len(shard_doc_ids))
+    session_group = np.full(len(sessions), -1, np.int64)
+    group_skip = None
+    if excluded is not None:
+        sg = excluded.session_groups[excluded.session_groups["session_id"].isin(sessions)]
+        session_group[np.searchsorted(sessions, sg["session_id"].to_numpy(np.int64))] = sg["group"].to_numpy()
+        g_rows = lookup.rows(excluded.group_docs["doc_id"].to_numpy(np.int64))
+        groups = excluded.group_docs["group"].to_numpy(np.int64)
+        group_skip = _PairSet(groups[g_rows >= 0], g_rows[g_rows >= 0], len(shard_doc_ids))
 
     stats = HardNegativeStats(
         queries=len(sessions),
@@ -512,54 +640,38 @@ def offline_hard_negatives(
         stats.seconds = time.perf_counter() - t0
         return empty_negatives(), stats
     ann = build_index(doc_vecs, index=index, nlist=nlist, nprobe=nprobe, seed=seed)
-    k = min(hi, len(shard_doc_ids))
-
-    out_s, out_p, out_d, out_r, out_score, pos_scores = [], [], [], [], [], []
-    for start in range(0, len(sessions), block_size):
-        b = slice(start, min(start + block_size, len(sessions)))
-        b_rows = np.arange(b.start, b.stop)
-        qv = np.ascontiguousarray(queries.vectors[q_rows[b]], dtype=np.float32)
-        scores, cand = ann.search(qv, k)
-        # positive scores, for the statistics
-        pr = shard_index_of(pos_docs[offsets[b.start] : offsets[b.stop]])
-        pv = np.where(pr[:, None] >= 0, doc_vecs[np.maximum(pr, 0)], np.nan)
-        pos_scores.append(np.einsum("ij,ij->i", pv, np.repeat(qv, counts[b], axis=0)))
-
-        cand, scores = cand[:, lo - 1 :], scores[:, lo - 1 :]
-        ranks = np.broadcast_to(np.arange(lo, lo + cand.shape[1], dtype=np.int64), cand.shape)
-        missing = cand < 0
-        skipped = ~missing & skip.contains(np.repeat(b_rows, cand.shape[1]).reshape(cand.shape), cand)
-        stats.excluded_in_window += int(skipped.sum())
-        valid = ~missing & ~skipped
-        if strategy == "top":
-            order_key = ranks.astype(np.uint64)
-        else:
-            order_key = sample_keys(
-                seed, np.repeat(sessions[b], cand.shape[1]), shard_doc_ids[np.maximum(cand, 0)].ravel()
-            ).reshape(cand.shape)
-        order_key = np.where(valid, order_key, np.iinfo(np.uint64).max)
-        order = np.argsort(order_key, axis=1, kind="stable")
-        need = counts[b] * per_positive
-        take = np.arange(cand.shape[1])[None, :] < np.minimum(need, valid.sum(axis=1))[:, None]
-        r_local, slot = np.nonzero(take)
-        col = order[r_local, slot]
-        # slot j of a session goes to its positive j // per_positive (positives in doc_id order)
-        out_s.append(sessions[b][r_local])
-        out_p.append(pos_docs[offsets[b.start + r_local] + slot // per_positive])
-        out_d.append(shard_doc_ids[cand[r_local, col]])
-        out_r.append(ranks[r_local, col])
-        out_score.append(scores[r_local, col])
-
+    state = _BlockState(
+        sessions=sessions,
+        counts=counts,
+        offsets=offsets,
+        query_vectors=queries.vectors,
+        query_rows=q_rows,
+        pos_docs=pos_docs,
+        doc_ids=shard_doc_ids,
+        doc_vectors=doc_vecs,
+        lookup=lookup,
+        skip=skip,
+        session_group=session_group,
+        group_skip=group_skip,
+        ann=ann,
+        window=(lo, min(hi, len(shard_doc_ids))),
+        per_positive=per_positive,
+        strategy=strategy,
+        seed=seed,
+    )
+    blocks = map_shards(partial(_mine_block, state), row_shards(len(sessions), block_size), "hard negatives")
+    stats.excluded_in_window = sum(b.excluded for b in blocks)
     frame = pd.DataFrame(
         {
-            "session_id": np.concatenate(out_s),
-            "positive_doc_id": np.concatenate(out_p),
-            "doc_id": np.concatenate(out_d),
+            "session_id": np.concatenate([b.sessions for b in blocks]),
+            "positive_doc_id": np.concatenate([b.positives for b in blocks]),
+            "doc_id": np.concatenate([b.docs for b in blocks]),
             "kind": "hard",
-            "rank": pd.array(np.concatenate(out_r), dtype="Int32"),
-            "score": np.concatenate(out_score).astype(np.float32),
+            "rank": pd.array(np.concatenate([b.ranks for b in blocks]), dtype="Int32"),
+            "score": np.concatenate([b.scores for b in blocks]).astype(np.float32),
         }
     )
+    pos_scores = [b.positive_scores for b in blocks]
     per_pos = frame.groupby(["session_id", "positive_doc_id"]).size()
     stats.negatives = len(frame)
     stats.short_positives = int(len(pos) - (per_pos >= per_positive).sum())

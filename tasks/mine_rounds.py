@@ -166,7 +166,7 @@ def _hard_negatives(
     documents: pd.DataFrame,
     embedded: tuple[mine.Embedded, mine.Embedded],
     mcfg: DictConfig,
-    excluded: pd.DataFrame | None,
+    excluded: mine.ExcludedDocs | None,
     seed: int,
 ) -> tuple[pd.DataFrame, mine.HardNegativeStats]:
     """Offline hard negatives, one ANN index per vertical (the document pool of the vertical)."""

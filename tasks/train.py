@@ -10,6 +10,7 @@ import logging
 import resource
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from models.datamodule import TripletDataModule
 from models.features import FeatureSet
-from models.fields import take
+from models.fields import Fields, n_rows, take
 from models.lightning_module import TwoTowerModule
 from models.mined_data import MinedTripletDataModule
 from models.towers import (
@@ -33,10 +34,13 @@ from models.towers import (
     SOCIAL_FIELDS,
     TEXT_FIELDS,
     GroupSpec,
+    Tower,
     TowerSpec,
     encode,
     field_specs,
 )
+from tasks.progress import report_progress
+from tasks.shards import map_shards, row_shards
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +170,13 @@ def train_tower(
         max_epochs=int(tcfg.epochs),
         accelerator=str(tcfg.accelerator),
         devices=tcfg.devices,
+        strategy=str(tcfg.strategy),
+        num_nodes=int(tcfg.num_nodes),
         precision=tcfg.precision,
         enable_progress_bar=bool(tcfg.progress_bar),
         enable_model_summary=False,
         logger=_logger(str(tcfg.logger), out_dir),
-        callbacks=[checkpoints],
+        callbacks=[checkpoints, TrainingProgress(f"train {name}")],
         default_root_dir=out_dir,
         log_every_n_steps=10,
     )
@@ -189,6 +195,7 @@ def train_tower(
         "final_loss": float(trainer.callback_metrics.get("train/loss_epoch", float("nan"))),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "device": str(module.device),
+        "processes": trainer.world_size,  # > 1 with DDP: pairs_seen counts this process's share only
         "parameters": sum(p.numel() for p in module.parameters()),
         "transferred_parameters": transferred,
         "notes": notes,
@@ -196,7 +203,25 @@ def train_tower(
     if torch.cuda.is_available():
         stats["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     log.info("trained %s: %s", name, stats)
-    return TrainedTower(name, Path(checkpoints.last_model_path), stats)
+    # the path rank 0 wrote (with ddp_spawn this process's callback never saw the save)
+    last = out_dir / "checkpoints" / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+    if not last.is_file():
+        raise FileNotFoundError(f"training {name}: no checkpoint at {last}")
+    return TrainedTower(name, last, stats)
+
+
+class TrainingProgress(L.Callback):
+    """Reports the share of optimizer steps done (tasks/progress.py) every `every` steps and at the end."""
+
+    def __init__(self, what: str, every: int = 50) -> None:
+        self.what, self.every = what, every
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step % self.every == 0:
+            report_progress(self.what, trainer.global_step / max(trainer.estimated_stepping_batches, 1))
+
+    def on_train_end(self, trainer: L.Trainer, *args: Any) -> None:
+        report_progress(self.what, 1.0)
 
 
 def _logger(kind: str, out_dir: Path) -> CSVLogger | TensorBoardLogger:
@@ -223,15 +248,28 @@ def load_module(checkpoint: Path) -> TwoTowerModule:
 
 
 def embed_documents(module: TwoTowerModule, features: FeatureSet, batch_size: int = 4096) -> np.ndarray:
-    """float32 L2-normalised embeddings of every document (rows in features.doc_ids order)."""
-    return encode(module.document_tower, features.doc_fields, batch_size)
+    """float32 L2-normalised embeddings of every document (rows in features.doc_ids order), in shards."""
+    return encode_in_shards(module.document_tower, features.doc_fields, batch_size)
 
 
 def embed_queries(
     module: TwoTowerModule, features: FeatureSet, session_rows: np.ndarray, batch_size: int = 4096
 ) -> np.ndarray:
-    """float32 L2-normalised query embeddings of the given session rows."""
+    """float32 L2-normalised query embeddings of the given session rows, in shards."""
     fields = take(
         {f.name: features.session_fields[f.name] for f in module.query_tower.spec.fields}, session_rows
     )
-    return encode(module.query_tower, fields, batch_size)
+    return encode_in_shards(module.query_tower, fields, batch_size)
+
+
+def encode_in_shards(tower: Tower, fields: Fields, batch_size: int = 4096) -> np.ndarray:
+    """`encode` mapped over shards of rows on the current runner (tasks/shards.py), rows in order."""
+    columns = {f.name: fields[f.name] for f in tower.spec.fields}
+    parts = map_shards(
+        partial(_encode_rows, tower, columns, batch_size), row_shards(n_rows(columns)), "inference"
+    )
+    return np.concatenate(parts) if parts else np.zeros((0, tower.spec.output_dim), np.float32)
+
+
+def _encode_rows(tower: Tower, fields: Fields, batch_size: int, rows: slice) -> np.ndarray:
+    return encode(tower, take(fields, np.arange(rows.start, rows.stop)), batch_size)

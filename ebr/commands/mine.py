@@ -35,6 +35,7 @@ def command(db_path: Path | None, run_id: str | None, as_json: bool, overrides: 
     from ebr.config import load_config
     from models.features import MissingTableError
     from tasks.mine_rounds import format_stage, mine_and_train
+    from tasks.shards import use_runner
 
     try:
         cfg = load_config(list(overrides))
@@ -44,7 +45,8 @@ def command(db_path: Path | None, run_id: str | None, as_json: bool, overrides: 
     if not db.is_file():
         raise click.ClickException(f"{db}: no DuckDB file (run `ebr ingest` first)")
     try:
-        report = mine_and_train(cfg, db, run_id)
+        with use_runner(cfg.runner):  # shards of inference and mining: conf/runner/
+            report = mine_and_train(cfg, db, run_id)
     except (MinedContractError, MissingTableError, FileNotFoundError, LookupError) as e:
         raise click.ClickException(str(e)) from None
     except ValueError as e:

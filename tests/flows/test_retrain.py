@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -71,3 +72,20 @@ def test_retrain_publishes_resumes_and_gate_blocks(ebr_home: Path) -> None:
     assert versions.exit_code == 0, versions.output
     listed = json.loads(versions.output)
     assert [v["version"] for v in listed if v["served"]] == ["v0001"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_dask_runner_gives_the_local_runners_results(ebr_home: Path) -> None:
+    """The batch steps' shards on a dask.distributed LocalCluster (through prefect-dask) give the same
+    embeddings, mined tables and recall table as local threads."""
+    shards = ["runner.shard_rows=500", "mining.block_size=300", "eval.query_block=200"]  # several per step
+    local = retrain(overrides=[*SMOKE, *shards, "runner=local"], publish=False)
+    dask = retrain(
+        overrides=[*SMOKE, *shards, "runner=dask", "runner.cluster.n_workers=2"], publish=False
+    )
+    assert (local["runner"], dask["runner"]) == ("threads", "dask")
+    assert dask["mining"] == local["mining"]
+    assert dask["recall"] == local["recall"]
+    for step, model in (("train", "text"), ("mine", "unified_ohnm")):
+        a, b = (np.load(Path(r["run_dir"]) / step / "embeddings" / f"{model}.npy") for r in (local, dask))
+        assert np.array_equal(a, b)

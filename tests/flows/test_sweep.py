@@ -9,6 +9,7 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pytest
 
 from ebr.home import PROJECT_ROOT
 from flows.sweep import comparison_markdown, job_rows
@@ -49,3 +50,32 @@ def test_sweep_runs_one_flow_per_job_and_compares(ebr_home: Path, tmp_path: Path
     assert len(configs) == 2 and {"margin: 0.1", "margin: 0.3"} <= {
         line.strip() for c in configs for line in c.read_text().splitlines()
     }
+
+
+def test_optuna_sweep_returns_the_metric_and_compares(ebr_home: Path, tmp_path: Path) -> None:
+    env = os.environ | {"EBR_HOME": str(ebr_home), "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    args = ["-m", "hparams_search=optuna", "experiment=smoke", "hydra.sweeper.n_trials=2"]
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.retrain", *args],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    sweep = next((ebr_home / "sweeps").iterdir())
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "model.margin" in best and "best_value" in best
+    with duckdb.connect(str(ebr_home / "ebr.duckdb"), read_only=True) as con:
+        values = con.execute(
+            "SELECT recall_at_10 FROM sweep_results WHERE model = 'unified_ohnm' AND vertical = 'all'"
+        ).fetchall()
+    assert len(values) == 2
+    assert f"best_value: {max(v for (v,) in values)}" in best  # the metric Optuna saw is the report's
+
+
+def test_report_metric_names_a_missing_key() -> None:
+    from flows.retrain import report_metric
+
+    report = {"recall": {"unified": {"all": {"10": 0.5}}}}
+    assert report_metric(report, "recall.unified.all.10") == 0.5
+    with pytest.raises(KeyError, match=r"optimized_metric: 'recall.text.all.10' is not in .*\(no 'text'\)"):
+        report_metric(report, "recall.text.all.10")

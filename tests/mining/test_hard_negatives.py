@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.mine import Embedded, offline_hard_negatives, sample_keys, shard_rows
+from tasks.mine import Embedded, ExcludedDocs, offline_hard_negatives, sample_keys, shard_rows
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -67,7 +67,13 @@ def test_known_positives_and_excluded_pairs_are_never_negatives(world):
     wide, _ = offline_hard_negatives(queries, docs, pos, window=(1, 400), per_positive=5, seed=3)
     excluded = wide.groupby("session_id").head(4)[["session_id", "doc_id"]]
     frame, stats = offline_hard_negatives(
-        queries, docs, pos, window=(1, 400), per_positive=5, seed=3, excluded=excluded
+        queries,
+        docs,
+        pos,
+        window=(1, 400),
+        per_positive=5,
+        seed=3,
+        excluded=ExcludedDocs.from_pairs(excluded),
     )
     pairs = set(map(tuple, frame[["session_id", "doc_id"]].to_numpy()))
     assert not pairs & set(map(tuple, pos.to_numpy()))
@@ -146,3 +152,21 @@ def test_sample_keys_are_deterministic_and_spread():
     assert len(np.unique(a)) == 10_000
     top_bits = (a >> np.uint64(60)).astype(int)
     assert np.bincount(top_bits, minlength=16).min() > 500
+
+
+def test_grouped_exclusions_equal_their_pairs(world):
+    """Sessions sharing a group skip the group's documents: the same table as the expanded pairs."""
+    queries, docs, pos = world
+    sessions = np.unique(pos["session_id"])
+    grouped = ExcludedDocs(
+        pd.DataFrame({"session_id": sessions, "group": np.arange(len(sessions)) % 3}),
+        pd.DataFrame({"group": np.repeat([0, 1, 2], 40), "doc_id": docs.ids[np.arange(120) * 3]}),
+    )
+    expanded = ExcludedDocs.from_pairs(grouped.pairs())
+    args = dict(window=(1, 300), per_positive=3, seed=4, block_size=5)
+    a, sa = offline_hard_negatives(queries, docs, pos, excluded=grouped, **args)
+    b, sb = offline_hard_negatives(queries, docs, pos, excluded=expanded, **args)
+    pd.testing.assert_frame_equal(a, b)
+    assert sa.excluded_in_window == sb.excluded_in_window > 0
+    banned = set(map(tuple, grouped.pairs().to_numpy()))
+    assert not banned & set(map(tuple, a[["session_id", "doc_id"]].to_numpy()))

@@ -45,7 +45,7 @@ def test_positive_strategies(hand_made_db):
 
 
 def test_same_query_clicks_finds_clicks_for_the_same_text(hand_made_db):
-    pairs = same_query_clicks(hand_made_db, TRAIN, np.array([5, 6, 1]))
+    pairs = same_query_clicks(hand_made_db, TRAIN, np.array([5, 6, 1])).pairs()
     # "chess" and "Chess " normalise to the same text: doc 21 is a likely false negative for both
     assert set(map(tuple, pairs.to_numpy())) == {(5, 21), (6, 21)}
 

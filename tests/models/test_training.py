@@ -4,12 +4,14 @@ step and `ebr train` write the report; evaluation helpers compute the paper's re
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 from omegaconf import DictConfig
 
@@ -139,3 +141,27 @@ def test_recall_by_query_tag_counts_each_tag() -> None:
         "partial": {"1": 0.0, "2": 0.0},
         "misspelled": {"1": 0.0, "2": 0.5},
     }
+
+
+def test_ddp_spawn_splits_the_batches_between_two_processes(
+    tiny_features: FeatureSet, tmp_path: Path
+) -> None:
+    """train.strategy: two CPU processes (gloo) each train on half the pairs; rank 0's weights come back."""
+    from tiny_logs import FAST
+
+    from ebr.config import load_config
+
+    single, ddp = (
+        load_config([*FAST, "train.epochs=1", *extra])
+        for extra in ([], ["train.strategy=ddp_spawn", "train.devices=2", "train.accelerator=cpu"])
+    )
+    steps = {}
+    for name, cfg in (("single", single), ("ddp", ddp)):
+        trained = train_tower(cfg, tiny_features, "text", tmp_path / name)
+        steps[name] = torch.load(trained.checkpoint, map_location="cpu", weights_only=False)["global_step"]
+        module = load_module(trained.checkpoint)
+        recall = evaluate(cfg, tiny_features, {name: module})["recall"][name]["all"]["10"]
+        assert recall > 0.3, (name, recall)
+    batch, pairs = int(single.train.batch_size), trained.stats["positives"]
+    assert steps["single"] == math.ceil(pairs / batch)
+    assert steps["ddp"] == math.ceil(math.ceil(pairs / 2) / batch)  # DistributedSampler: half per rank

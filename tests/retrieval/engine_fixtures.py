@@ -32,6 +32,7 @@ CENTERS = np.random.default_rng(1234).standard_normal((24, D)).astype(np.float32
 LOCATIONS = ["location:seattle", "location:menlo_park", "location:paris", "location:lyon", "location:oslo"]
 WORDS = [f"text:w{i}" for i in range(8)]
 VERTICALS = ["vertical:people", "vertical:groups"]
+PAYLOADS = [-0.5, 0.1, 0.25, 0.35, 0.5, 0.8, 1.0]  # 0.1 and 0.35 are not exact in float32
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -69,12 +70,25 @@ class Corpus:
     doc_ids: np.ndarray
     terms: list[list[str]]
     embeddings: dict[str, np.ndarray]
+    payloads: list[dict[str, float]]  # per document, the terms that carry a payload
 
-    def term_sets(self) -> dict[int, set[str]]:
-        return {int(d): set(t) for d, t in zip(self.doc_ids, self.terms, strict=True)}
+    def documents(self) -> list[list[str]] | list[dict[str, float | None]]:
+        """The builder's input: plain term lists, or mappings term -> payload when some term has one."""
+        if not any(self.payloads):
+            return self.terms
+        return [{t: p.get(t) for t in terms} for terms, p in zip(self.terms, self.payloads, strict=True)]
+
+    def doc_terms(self) -> dict[int, dict[str, float | None]]:
+        """The reference's view: doc id -> term -> payload (None: none)."""
+        return {
+            int(d): {t: p.get(t) for t in terms}
+            for d, terms, p in zip(self.doc_ids, self.terms, self.payloads, strict=True)
+        }
 
 
-def make_corpus(seed: int, n: int) -> Corpus:
+def make_corpus(seed: int, n: int, payloads: bool = False) -> Corpus:
+    """`n` documents; with `payloads`, about 70% of their text terms carry one of PAYLOADS (the terms and
+    embeddings are the same either way)."""
     rng = np.random.default_rng(seed)
     doc_ids = rng.choice(10**9, size=n, replace=False).astype(np.int64)
     terms = []
@@ -82,11 +96,19 @@ def make_corpus(seed: int, n: int) -> Corpus:
         words = rng.choice(WORDS, size=int(rng.integers(1, 4)), replace=False).tolist()
         location = LOCATIONS[min(int(rng.geometric(0.45)) - 1, len(LOCATIONS) - 1)]
         terms.append([VERTICALS[int(rng.integers(2))], location, *words])
-    return Corpus(doc_ids, terms, {key: clustered(rng, n) for key in FACTORIES})
+    embeddings = {key: clustered(rng, n) for key in FACTORIES}
+    weights = np.random.default_rng(seed + 10_000)
+    doc_payloads = [
+        {t: PAYLOADS[int(weights.integers(len(PAYLOADS)))] for t in doc[2:] if weights.random() < 0.7}
+        if payloads
+        else {}
+        for doc in terms
+    ]
+    return Corpus(doc_ids, terms, embeddings, doc_payloads)
 
 
 def corpus_index(corpus: Corpus, trained: dict[str, faiss.Index]) -> EngineIndex:
-    return build_index(corpus.doc_ids, corpus.terms, corpus.embeddings, trained)
+    return build_index(corpus.doc_ids, corpus.documents(), corpus.embeddings, trained)
 
 
 def write_version(

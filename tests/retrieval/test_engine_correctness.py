@@ -10,6 +10,7 @@ from engine_fixtures import (
     FACTORIES,
     FORCED_PLANS,
     LOCATIONS,
+    PAYLOADS,
     VERTICALS,
     WORDS,
     clustered,
@@ -20,14 +21,27 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from retrieval.executor import PlannerCosts, execute
-from retrieval.index import EngineIndex
+from retrieval.index import EngineIndex, parse_terms
 from retrieval.query import NN, And, Not, Or, Term, parse
-from retrieval.reference import EPSILON, evaluate, quantised_view
+from retrieval.reference import EPSILON, Docs, evaluate, quantised_view
 
 QUERIES = {key: clustered(np.random.default_rng(99 + i), 64) for i, key in enumerate(FACTORIES)}
 CLUSTER_TERMS = [f"nn.unified:{i}" for i in range(16)] + [f"nn.text:{i}" for i in range(8)]
 
-terms = st.sampled_from([*LOCATIONS, *WORDS, *VERTICALS, "text:absent", *CLUSTER_TERMS[:3]]).map(Term)
+plain_terms = st.sampled_from([*LOCATIONS, *WORDS, *VERTICALS, "text:absent", *CLUSTER_TERMS[:3]]).map(Term)
+bounds = st.one_of(st.none(), st.sampled_from(PAYLOADS), st.floats(-1.0, 1.5).map(lambda x: round(x, 2)))
+
+
+def payload_term(term: str, low: float | None, high: float | None, score: bool) -> Term:
+    if low is not None and high is not None and np.float32(low) > np.float32(high):
+        low, high = high, low
+    return Term(term, 0, low, high, score)
+
+
+payload_terms = st.builds(  # text terms carry payloads in the corpora; the others never do
+    payload_term, st.sampled_from([*WORDS, LOCATIONS[0], "text:absent"]), bounds, bounds, st.booleans()
+)
+terms = st.one_of(plain_terms, payload_terms)
 nn_radius = st.builds(
     lambda key, r, p: NN(key, p, radius=r),
     st.sampled_from(sorted(FACTORIES)),
@@ -53,9 +67,7 @@ vector_rows = st.integers(0, 63)
 FORCE = {**FORCED_PLANS, "default": PlannerCosts()}
 
 
-def assert_matches_reference(
-    index: EngineIndex, docs: dict[int, set[str]], expr, row: int, costs: PlannerCosts
-) -> None:
+def assert_matches_reference(index: EngineIndex, docs: Docs, expr, row: int, costs: PlannerCosts) -> None:
     vectors = {key: QUERIES[key][row] for key in FACTORIES}
     expected = evaluate(expr, docs, {k: quantised_view(index, k) for k in FACTORIES}, vectors)
     assume(not expected.ambiguous)
@@ -74,7 +86,7 @@ def assert_matches_reference(
 
 
 class World:
-    def __init__(self, index: EngineIndex, docs: dict[int, set[str]]):
+    def __init__(self, index: EngineIndex, docs: Docs):
         self.index, self.docs = index, docs
 
     def __repr__(self) -> str:
@@ -83,8 +95,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(trained) -> World:
-    corpus = make_corpus(seed=5, n=500)
-    return World(corpus_index(corpus, trained), corpus.term_sets())
+    corpus = make_corpus(seed=5, n=500, payloads=True)
+    return World(corpus_index(corpus, trained), corpus.doc_terms())
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -100,17 +112,23 @@ def test_printed_expressions_parse_back(expr) -> None:
     assert str(parse(str(expr))) == str(expr)
 
 
+def term_lists(names: list[str]) -> st.SearchStrategy[list[tuple[str, float | None]]]:
+    """Distinct terms, each with a payload or None."""
+    pair = st.tuples(st.sampled_from(names), st.one_of(st.none(), st.sampled_from(PAYLOADS)))
+    return st.lists(pair, max_size=3, unique_by=lambda p: p[0])
+
+
 change = st.one_of(
     st.tuples(
         st.just("add"),
         st.integers(0, 40),
-        st.lists(st.sampled_from([*LOCATIONS, *WORDS]), max_size=3),
+        term_lists([*LOCATIONS, *WORDS]),
         st.sets(st.sampled_from(sorted(FACTORIES))),
     ),
     st.tuples(
         st.just("update"),
         st.integers(0, 40),
-        st.one_of(st.none(), st.lists(st.sampled_from(WORDS), max_size=3)),
+        st.one_of(st.none(), term_lists(WORDS)),
         st.sets(st.sampled_from(sorted(FACTORIES))),
     ),
     st.tuples(st.just("delete"), st.integers(0, 40), st.none(), st.just(set())),
@@ -125,13 +143,13 @@ change = st.one_of(
     compact=st.booleans(),
 )
 def test_realtime_changes_equal_the_reference(trained, changes, exprs, row, compact) -> None:
-    """Adds, updates and deletes (terms and embeddings) are visible to the next query, before and after
-    compaction; the reference is a plain dict of term sets updated alongside."""
+    """Adds, updates and deletes (terms with payloads, embeddings) are visible to the next query, before and
+    after compaction; the reference is a plain dict of term -> payload dicts updated alongside."""
     from retrieval.index import Document, Update
 
-    corpus = make_corpus(seed=11, n=120)
+    corpus = make_corpus(seed=11, n=120, payloads=True)
     index = corpus_index(corpus, trained)
-    docs = corpus.term_sets()
+    docs = corpus.doc_terms()
     rng = np.random.default_rng(len(changes))
     pool = corpus.doc_ids[:20].tolist() + list(range(1, 21))  # existing ids and fresh ids
     for op, pick, new_terms, keys in changes:
@@ -139,14 +157,16 @@ def test_realtime_changes_equal_the_reference(trained, changes, exprs, row, comp
         vectors = {k: clustered(rng, 1)[0] for k in sorted(keys)}
         exists = index.internal_id(doc_id) is not None
         if op == "add" and not exists:
-            index.add(Document(doc_id, list(dict.fromkeys(new_terms)), vectors))
-            docs[doc_id] = set(new_terms)
+            names, payloads = parse_terms(new_terms)
+            index.add(Document(doc_id, names, vectors, payloads))
+            docs[doc_id] = dict(new_terms)
         elif op == "update" and exists:
-            index.update(
-                Update(doc_id, None if new_terms is None else list(dict.fromkeys(new_terms)), vectors)
-            )
-            if new_terms is not None:
-                docs[doc_id] = set(new_terms)
+            if new_terms is None:
+                index.update(Update(doc_id, None, vectors))
+            else:
+                names, payloads = parse_terms(new_terms)
+                index.update(Update(doc_id, names, vectors, payloads))
+                docs[doc_id] = dict(new_terms)
         elif op == "delete" and exists:
             index.delete(doc_id)
             del docs[doc_id]

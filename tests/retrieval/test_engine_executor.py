@@ -85,7 +85,7 @@ def test_the_planner_pushes_selective_filters_into_the_nn(trained) -> None:
 def test_every_plan_gives_the_reference_set(trained, plan: str) -> None:
     corpus = make_corpus(seed=22, n=1500)
     index = corpus_index(corpus, trained)
-    docs, q = corpus.term_sets(), {"unified": clustered(np.random.default_rng(4), 1)[0]}
+    docs, q = corpus.doc_terms(), {"unified": clustered(np.random.default_rng(4), 1)[0]}
     for expr in (
         "(and (term vertical:people) (nn unified :radius 0.5 :nprobe 16))",
         "(and (term location:oslo) (nn unified :radius 0.7 :nprobe 5))",

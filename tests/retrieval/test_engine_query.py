@@ -29,6 +29,14 @@ def test_the_papers_expressions_parse_as_written() -> None:
     assert PAPER_HYBRID[nn.pos :].startswith("(nn model-141795009")
 
 
+def test_term_payload_options_parse_and_print_back() -> None:
+    node = parse("(term Text:John :score :max 2 :min -0.5)")
+    assert node == Term("text:john", 0, -0.5, 2.0, True)
+    assert str(node) == "(term text:john :min -0.5 :max 2.0 :score)" and parse(str(node)) == node
+    assert parse("(term a:b :min 0.35 :max 0.35)").bounded  # equal bounds: one value
+    assert not parse("(term a:b :score)").bounded
+
+
 def test_top_k_mode_default_nprobe_and_normalised_terms() -> None:
     node = parse("(nn unified :k 50)", Limits(default_nprobe=8))
     assert (node.k, node.radius, node.nprobe) == (50, None, 8)
@@ -58,6 +66,15 @@ def test_top_k_mode_default_nprobe_and_normalised_terms() -> None:
         ("(nn unified :rdius 0.2)", 13, "unknown nn option"),
         ("(nn :k 5)", 5, "not an embedding key"),
         ("(term a:b))", 11, "after the end"),
+        ("(term a:b :min)", 15, "expected a number after :min"),
+        ("(term a:b :min x)", 16, ":min must be a finite float32 number"),
+        ("(term a:b :max 1e39)", 16, ":max must be a finite float32 number"),
+        ("(term a:b :min 0.5 :max 0.4)", 25, ":max 0.4 is below :min 0.5"),
+        ("(term a:b :min 1 :min 2)", 18, "given twice"),
+        ("(term a:b :score :score)", 18, "given twice"),
+        ("(term a:b :weight 2)", 11, "unknown term option ':weight'"),
+        ("(term a:b (term c:d))", 11, "unknown term option '('"),
+        ("(term nn.unified:3 :min 0)", 20, "cluster terms carry PQ codes"),
         ("term a:b", 1, "expected '('"),
     ],
 )
@@ -91,7 +108,7 @@ def test_deeply_nested_input_is_an_error_not_a_crash() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("()  :.-_$abcdeklnoprstux0123456789é\n")), max_size=80))
+@given(st.text(alphabet=st.sampled_from(list("()  :.-_$abcdeklmnoprstuxi0123456789é\n")), max_size=80))
 def test_anything_typed_parses_or_raises_query_error(text: str) -> None:
     try:
         parse(text)

@@ -182,6 +182,23 @@ def test_http_search_updates_and_errors(client: TestClient) -> None:
     assert client.put("/documents/12345", json={"terms": []}).status_code == 404
 
 
+def test_http_documents_with_term_payloads(client: TestClient) -> None:
+    pairs = {"doc_id": 5, "terms": ["vertical:people", ["quality:static", 0.75]]}
+    mapping = {"doc_id": 6, "terms": {"vertical:people": None, "quality:static": 0.25}}
+    assert client.post("/documents", json=pairs).status_code == 201
+    assert client.post("/documents/batch", json={"changes": [{"op": "add", **mapping}]}).status_code == 200
+    assert client.get("/documents/5").json()["payloads"] == {"quality:static": 0.75}
+    body = search(client, expr="(term quality:static :min 0.2 :score)")
+    assert body["results"] == [{"doc_id": 5, "score": 0.75}, {"doc_id": 6, "score": 0.25}]
+    assert client.put("/documents/6", json={"terms": [["quality:static", 0.9]]}).status_code == 200
+    assert search(client, expr="(term quality:static :min 0.8)")["results"] == [{"doc_id": 6, "score": None}]
+    bad = client.post("/documents", json={"doc_id": 7, "terms": [["text:a", 1e39]]})
+    assert bad.status_code == 400 and "finite float32" in bad.json()["detail"]
+    assert client.post("/documents", json={"doc_id": 7, "terms": [["text:a", "x"]]}).status_code == 422
+    error = client.post("/search", json={"expr": "(term a:b :min 2 :max 1)"}).json()
+    assert error["position"] == 22 and ":max 1.0 is below :min 2.0" in error["detail"]
+
+
 def test_a_second_server_on_the_same_home_serves_read_only(served: Path) -> None:
     config = load_engine_config()
     with (

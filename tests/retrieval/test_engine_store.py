@@ -54,6 +54,7 @@ def test_changes_are_visible_at_once_and_after_reopening(base: Path, tmp_path: P
     assert engine.document(7) == {
         "doc_id": 7,
         "terms": ["vertical:people", "text:fresh"],
+        "payloads": {},
         "keys": ["unified"],
     }
     assert engine.document(some)["keys"] == ["text", "unified"]
@@ -169,6 +170,12 @@ def test_validation_names_the_problem_and_batches_are_all_or_nothing(base: Path,
         ({"op": "add", "doc_id": 7, "terms": ["bad"]}, UpdateError, "field:value"),
         ({"op": "add", "doc_id": 7, "terms": ["nn.unified:3"]}, UpdateError, "reserved"),
         ({"op": "add", "doc_id": 7, "terms": "text:a"}, UpdateError, "list of strings"),
+        ({"op": "add", "doc_id": 7, "terms": [["text:a", "x"]]}, UpdateError, "must be a number"),
+        ({"op": "add", "doc_id": 7, "terms": [["text:a", True]]}, UpdateError, "must be a number"),
+        ({"op": "add", "doc_id": 7, "terms": {"text:a": float("nan")}}, UpdateError, "finite float32"),
+        ({"op": "add", "doc_id": 7, "terms": {"text:a": 1e39}}, UpdateError, "finite float32"),
+        ({"op": "add", "doc_id": 7, "terms": [["text:a", 1, 2]]}, UpdateError, "pair"),
+        ({"op": "add", "doc_id": 7, "terms": [["text:a", 1], "text:A"]}, UpdateError, "given twice"),
         ({"op": "add", "doc_id": 7, "embeddings": {"nope": [1.0]}}, UpdateError, "unknown embedding key"),
         ({"op": "add", "doc_id": 7, "embeddings": {"unified": [1.0, 2.0]}}, UpdateError, "2 dimensions"),
         ({"op": "add", "doc_id": 7, "embeddings": {"unified": [0.0] * 16}}, UpdateError, "norm 0"),
