@@ -11,7 +11,7 @@ thread, same run:
 Recall@10 is against the exact filtered top 10. A second table compares radius and top-K mode on pure nn
 queries against exact range / exact top-K sets.
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/engine_hybrid.py   # docs/benchmarks_engine.md
+    OPENBLAS_NUM_THREADS=1 python benchmarks/engine_hybrid.py   # docs/benchmarks.md (Retrieval engine)
 """
 
 from __future__ import annotations

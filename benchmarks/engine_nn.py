@@ -6,7 +6,7 @@ alternating which goes first (the second finds the probed lists in cache), so th
 both alike; their results are checked to be the same ids. The engine's time includes the (memoised) parse
 as served, the scan, scoring and ordering by score (faiss's range search returns its hits unordered).
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/engine_nn.py     # docs/benchmarks_engine.md
+    OPENBLAS_NUM_THREADS=1 python benchmarks/engine_nn.py     # docs/benchmarks.md (Retrieval engine)
 """
 
 from __future__ import annotations

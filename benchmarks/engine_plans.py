@@ -3,7 +3,7 @@
 Each unit is timed on the benchmark index (one thread, median over queries) and divided by the time faiss
 takes per code scanned; the printed YAML is what conf/engine/default.yaml `engine.planner` holds.
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/engine_plans.py   # docs/benchmarks_engine.md
+    OPENBLAS_NUM_THREADS=1 python benchmarks/engine_plans.py   # docs/benchmarks.md (Retrieval engine)
 """
 
 from __future__ import annotations

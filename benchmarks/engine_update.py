@@ -5,7 +5,7 @@ each id) and the resident-memory growth of a fresh process that loads the engine
 hashtable direct map and Python objects). Updates go through `Engine.apply` into a write-ahead log in a
 temporary state folder: one change per fsync, then batches; then compaction and reopening (log replay).
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/engine_update.py   # docs/benchmarks_engine.md
+    OPENBLAS_NUM_THREADS=1 python benchmarks/engine_update.py   # docs/benchmarks.md (Retrieval engine)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The mining experiments of the paper's §6.1 on the simulated `small` world (docs/benchmarks_mining.md).
+"""The mining experiments of the paper's §6.1 on the simulated `small` world (docs/benchmarks.md, mining).
 
 Each arm is one override file conf/experiment/mining_<arm>.yaml run through tasks.mine_rounds.run_mining on
 the same features; its final model is evaluated by tasks.evaluate (exact KNN recall@K per vertical on the
@@ -10,7 +10,7 @@ Results are written after every arm; a rerun with the same --out skips the arms 
         --out benchmarks/results/mining_experiments.json
 
 Arms can run in parallel processes (--arms, one --out each, seeded with the random arm's result) and be
-merged with --merge; docs/benchmarks_mining.md gives the exact commands used.
+merged with --merge; docs/benchmarks.md (Training-data mining) gives the exact commands used.
 """
 
 from __future__ import annotations

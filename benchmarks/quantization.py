@@ -7,7 +7,7 @@ uncompressed baseline) is measured by tasks.quantize.tune at every nprobe: 1-rec
 KNN, recall@10 of the targets, share of the documents scanned, µs per query (one thread). The exact search of
 the same queries is timed in the same run as the baseline.
 
-    python benchmarks/quantization.py --out /tmp/ebr-quant-bench      # docs/benchmarks_quantization.md
+    python benchmarks/quantization.py --out /tmp/ebr-quant-bench  # docs/benchmarks.md
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
 Each scale runs in its own process (`simulator.world.simulate`); the figures are wall time per stage, peak
 RSS of the generating process and of its session workers, output size, and throughput. Prints one markdown
-table and writes benchmark.json next to the worlds; the figures are in docs/benchmarks_simulator.md.
+table and writes benchmark.json next to the worlds; the figures are in docs/benchmarks.md (Simulator).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the runner. The runner is the one `use_runner` installed (the retrain flow insta
 configures); without one, shards run one after the other in this process.
 
     serial      in this process, one shard after the other
-    threads     a thread pool (torch and faiss release the GIL)
+    threads     a thread pool (torch and faiss release the GIL; faiss runs one OpenMP thread per pool thread)
     processes   a pool of spawned processes on this machine
     dask        a Dask cluster, through prefect-dask's DaskTaskRunner: a LocalCluster started for the run,
                 or the scheduler at `runner.address` (a multi-machine cluster)
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -157,7 +158,8 @@ def use_runner(rcfg: Mapping[str, Any] | None) -> Iterator[ShardRunner]:
     if shard_rows < 1:
         raise ValueError(f"runner.shard_rows must be >= 1, got {shard_rows}")
     if kind == "threads":
-        with ThreadPoolExecutor(workers, thread_name_prefix="ebr-shard") as pool:
+        threads = workers or os.cpu_count() or 1
+        with ThreadPoolExecutor(threads, "ebr-shard", initializer=_single_threaded_faiss) as pool:
             yield from _installed(ThreadRunner(pool, shard_rows))
     elif kind == "processes":
         yield from _installed(ProcessRunner(workers, shard_rows))
@@ -166,6 +168,13 @@ def use_runner(rcfg: Mapping[str, Any] | None) -> Iterator[ShardRunner]:
             yield from _installed(DaskRunner(task_runner, shard_rows))
     else:
         yield from _installed(SerialRunner(shard_rows))
+
+
+def _single_threaded_faiss() -> None:
+    """One OpenMP thread for faiss in this pool thread (a per-thread setting): the pool is the parallelism."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
 
 
 def _installed(runner: ShardRunner) -> Iterator[ShardRunner]:
