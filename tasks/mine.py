@@ -582,6 +582,7 @@ def offline_hard_negatives(
     nlist: int = 1024,
     nprobe: int = 16,
     seed: int = 0,
+    progress: str = "hard negatives",
 ) -> tuple[pd.DataFrame, HardNegativeStats]:
     """Hard negatives for each positive from the ranks `window` (1-based, inclusive) of the query's top-K.
 
@@ -590,7 +591,7 @@ def offline_hard_negatives(
     samples `per_positive` negatives per positive uniformly from the remaining window, `top` takes the
     best-ranked ones; a session's negatives are distinct. With `shard`, only one random shard holding that
     fraction of the documents is indexed (the paper found one shard enough). Top-K runs over blocks of
-    `block_size` queries.
+    `block_size` queries (shards of the current runner, tasks/shards.py), reporting progress as `progress`.
     """
     lo, hi = int(window[0]), int(window[1])
     if not 1 <= lo <= hi:
@@ -659,7 +660,7 @@ def offline_hard_negatives(
         strategy=strategy,
         seed=seed,
     )
-    blocks = map_shards(partial(_mine_block, state), row_shards(len(sessions), block_size), "hard negatives")
+    blocks = map_shards(partial(_mine_block, state), row_shards(len(sessions), block_size), progress)
     stats.excluded_in_window = sum(b.excluded for b in blocks)
     frame = pd.DataFrame(
         {

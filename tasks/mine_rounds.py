@@ -193,6 +193,7 @@ def _hard_negatives(
             nlist=int(mcfg.hard.nlist),
             nprobe=int(mcfg.hard.nprobe),
             seed=seed,
+            progress=f"hard negatives {vertical}",
         )
         frames.append(frame)
         stats = stats + vstats
