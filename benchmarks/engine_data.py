@@ -23,8 +23,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retrieval.build import build_index
-from retrieval.index import EngineIndex
+from ebr.retrieval.build import build_index
+from ebr.retrieval.index import EngineIndex
 
 KEY = "bench"
 CENTRES = 1_000

@@ -25,8 +25,8 @@ import numpy as np
 from engine_data import KEY, LEVELS, SELECTIVITY, add_data_args, filter_term, load
 from engine_nn import latency_stats
 
-from retrieval.executor import PlannerCosts, execute
-from retrieval.query import Limits, parse_cached
+from ebr.retrieval.executor import PlannerCosts, execute
+from ebr.retrieval.query import Limits, parse_cached
 
 IMPOSSIBLE = 1e12
 FORCED = {  # costs under which the planner picks one plan (the selector kind still by the default costs)

@@ -20,8 +20,8 @@ import faiss
 import numpy as np
 from engine_data import KEY, BenchData, add_data_args, load
 
-from retrieval.executor import execute
-from retrieval.query import Limits, parse_cached
+from ebr.retrieval.executor import execute
+from ebr.retrieval.query import Limits, parse_cached
 
 
 def latency_stats(seconds: list[float]) -> dict[str, float]:

@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 from engine_data import KEY, add_data_args, load
 
-from retrieval.executor import member_mask
+from ebr.retrieval.executor import member_mask
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:

@@ -23,13 +23,13 @@ import faiss
 import numpy as np
 from engine_data import KEY, add_data_args, clustered, load
 
-from retrieval.store import Engine, StoreConfig
+from ebr.retrieval.store import Engine, StoreConfig
 
 LOAD_RSS = """
 import os, sys, psutil
 process = psutil.Process(os.getpid())
 import faiss, numpy
-from retrieval.index import EngineIndex
+from ebr.retrieval.index import EngineIndex
 before = process.memory_info().rss
 index = EngineIndex.load(__import__("pathlib").Path(sys.argv[1]))
 print(process.memory_info().rss - before)

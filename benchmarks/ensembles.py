@@ -3,7 +3,8 @@
 Synthetic models: documents have a latent vector in 1,000 Zipf-sized clusters; each model sees a different,
 overlapping slice of it through its own random projection plus model noise (so the models are partly
 complementary, like a text and a unified tower), and queries are noisy copies of one target document.
-Ensemble weights are chosen on a validation split; every index is tuned (tasks.quantize.tune, IVF and OPQ+IVF
+Ensemble weights are chosen on a validation split; every index is tuned
+(ebr.ann.quantize.tune, IVF and OPQ+IVF
 with PQ at d/4, cheapest point within 2% of exact recall@K on the validation split); the table is measured on
 a separate evaluation split, exact KNN against the tuned quantised index.
 
@@ -19,10 +20,16 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from models.ensembles import l2_normalize
-from tasks.ensemble import evaluation_markdown, evaluation_table, fill_weights, pick_served, specs_from_config
-from tasks.quantize import IndexConfig, tune
-from tasks.retriever import index_docs, index_queries
+from ebr.ann.quantize import IndexConfig, tune
+from ebr.evaluation.ensembles import (
+    evaluation_markdown,
+    evaluation_table,
+    fill_weights,
+    pick_served,
+    specs_from_config,
+)
+from ebr.models.ensembles import l2_normalize
+from ebr.retrieval.retrievers import index_docs, index_queries
 
 SLICES = {"text": (0, 32), "unified": (16, 48), "unified_hnm": (24, 64)}  # latent dimensions each model sees
 

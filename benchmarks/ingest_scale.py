@@ -84,7 +84,7 @@ def run_step(step: str, logs: Path, db: Path) -> dict:
     """One measured step, in this process (called in a child process)."""
     import duckdb
 
-    from tasks.ingest import ingest_logs
+    from ebr.ingestion.ingest import ingest_logs
 
     start = time.perf_counter()
     if step == "baseline":

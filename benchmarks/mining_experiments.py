@@ -1,7 +1,7 @@
 """The mining experiments of the paper's §6.1 on the simulated `small` world (docs/benchmarks.md, mining).
 
-Each arm is one override file conf/experiment/mining_<arm>.yaml run through tasks.mine_rounds.run_mining on
-the same features; its final model is evaluated by tasks.evaluate (exact KNN recall@K per vertical on the
+Each arm is one override file conf/experiment/mining_<arm>.yaml run through ebr.mining.rounds.run_mining on
+the same features; its final model is evaluated by ebr.steps.evaluate (exact KNN recall@K per vertical on the
 held-out sessions, against clicks and against the simulator's intents). Arms whose round 0 is the random-
 negative model reuse the `random` arm's checkpoint (mining.start_from) instead of training it again.
 Results are written after every arm; a rerun with the same --out skips the arms already there.
@@ -56,8 +56,8 @@ def prepare_world(home: Path, scale: str, world_seed: int) -> Path:
     """Simulate and ingest the world into $EBR_HOME/ebr.duckdb unless already there; returns the DB path."""
     from omegaconf import OmegaConf
 
-    from simulator.world import simulate
-    from tasks.ingest import ingest_logs
+    from ebr.ingestion.ingest import ingest_logs
+    from ebr.simulator.world import simulate
 
     world = home / "worlds" / f"{scale}-s{world_seed}"
     db = home / "ebr.duckdb"
@@ -83,10 +83,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     from omegaconf import OmegaConf
 
     from ebr.config import load_config
-    from models.features import build_features, split_sessions
-    from tasks.evaluate import evaluate, load_intents
-    from tasks.mine_rounds import run_mining
-    from tasks.train import load_module
+    from ebr.mining.rounds import run_mining
+    from ebr.models.features import build_features, split_sessions
+    from ebr.models.training import load_module
+    from ebr.steps.evaluate import evaluate, load_intents
 
     torch.set_num_threads(args.threads)
     db = prepare_world(args.home, args.scale, 7)

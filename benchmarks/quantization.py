@@ -3,7 +3,7 @@
 Documents: `--docs` unit vectors of dimension `--dim` in 1,000 Zipf-sized clusters (unbalanced inverted
 lists, as with real embeddings); queries are noisy copies of one target document each. Every scheme of the
 sweep (IVF/IMI coarse quantisation with PQ at d/8, d/4, d/2 bytes, OPQ, PCA+PQ, and IVF-Flat as the
-uncompressed baseline) is measured by tasks.quantize.tune at every nprobe: 1-recall@10 against blocked exact
+uncompressed baseline) is measured by ebr.ann.quantize.tune at every nprobe: 1-recall@10 against blocked exact
 KNN, recall@10 of the targets, share of the documents scanned, µs per query (one thread). The exact search of
 the same queries is timed in the same run as the baseline.
 
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import faiss
 
-from models.knn import exact_knn
-from models.synthetic import clustered_dataset
-from tasks.quantize import IndexConfig, table3_markdown, tune
+from ebr.ann.knn import exact_knn
+from ebr.ann.quantize import IndexConfig, table3_markdown, tune
+from ebr.models.synthetic import clustered_dataset
 
 
 def main() -> None:

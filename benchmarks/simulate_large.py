@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/simulate_large.py --out /tmp/ebr-sim-bench [--scales small large] [--seed 7]
 
-Each scale runs in its own process (`simulator.world.simulate`); the figures are wall time per stage, peak
+Each scale runs in its own process (`ebr.simulator.world.simulate`); the figures are wall time per stage, peak
 RSS of the generating process and of its session workers, output size, and throughput. Prints one markdown
 table and writes benchmark.json next to the worlds; the figures are in docs/benchmarks.md (Simulator).
 """
@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 def run_one(scale: str, seed: int, out: Path) -> dict:
     """Generate one world in this process and measure it."""
-    from simulator.world import simulate
+    from ebr.simulator.world import simulate
 
     stages: dict[str, float] = {}
     start = time.perf_counter()

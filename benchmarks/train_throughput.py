@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-    from models.features import FeatureSet
+    from ebr.models.features import FeatureSet
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 def _features(overrides: list[str]) -> tuple[DictConfig, FeatureSet]:
     from ebr import home
     from ebr.config import load_config
-    from models.features import build_features, split_sessions
+    from ebr.models.features import build_features, split_sessions
 
     cfg = load_config(["train.progress_bar=false", *overrides])
     split = split_sessions(
@@ -41,8 +41,8 @@ def _features(overrides: list[str]) -> tuple[DictConfig, FeatureSet]:
 
 def measure_pipeline(overrides: list[str]) -> dict[str, object]:
     """Batches of the unified tower's inputs, built and discarded: the data pipeline's own rate."""
-    from models.datamodule import TripletDataModule
-    from tasks.train import build_module
+    from ebr.models.datamodule import TripletDataModule
+    from ebr.models.training import build_module
 
     cfg, features = _features(overrides)
     module, _ = build_module(cfg, features, "unified")
@@ -67,7 +67,7 @@ def measure_pipeline(overrides: list[str]) -> dict[str, object]:
 
 
 def measure_model(name: str, overrides: list[str]) -> dict[str, object]:
-    from tasks.train import train_tower
+    from ebr.models.training import train_tower
 
     cfg, features = _features(overrides)
     with TemporaryDirectory() as out:

@@ -4,10 +4,12 @@
         --runner serial --runner dask --out benchmarks/results/world_scale_large.json [--set KEY=VALUE ...]
 
 Runs the flow's own step functions on the world's logs, in one process: ingestion under the data contracts
-(`tasks.ingest.ingest_logs`, skipped when the home's database already holds the world), the held-out split
-and features (`tasks.retrain.features_for`), then for each runner (conf/runner: serial, threads, dask = a
-two-worker LocalCluster): document and query inference of the unified tower (`tasks.train.embed_documents`,
-`embed_queries`) and one validated mining round with offline hard negatives (`tasks.mine_rounds.mine_table`:
+(`ebr.ingestion.ingest.ingest_logs`,
+skipped when the home's database already holds the world), the held-out split
+and features (`ebr.steps.retrain.features_for`), then for each runner (conf/runner: serial, threads, dask = a
+two-worker LocalCluster): document and query inference of the unified tower
+(`ebr.models.training.embed_documents`,
+`embed_queries`) and one validated mining round with offline hard negatives (`ebr.mining.rounds.mine_table`:
 positives, easy negatives, ANN top-K per vertical in blocks, mixing, contracts). The tower is the unified
 tower at its seeded initialisation: inference and mining cost do not depend on the weights, and training it
 on the large world is not what is measured here. Peak RSS is sampled every 10 ms (this process; Dask workers
@@ -95,9 +97,9 @@ def main() -> None:
 
     from ebr import home
     from ebr.config import load_config
-    from tasks import retrain as steps
-    from tasks.ingest import ingest_logs
-    from tasks.train import build_module
+    from ebr.ingestion.ingest import ingest_logs
+    from ebr.models.training import build_module
+    from ebr.steps import retrain as steps
 
     report = json.loads((args.world / "report.json").read_text())
     results: dict[str, Any] = {"world": str(args.world), "counts": report["counts"], "overrides": args.set}
@@ -131,10 +133,10 @@ def run_one(runner: str, cfg: Any, features: Any, module: Any, db: Path, results
     """Inference and one validated mining round with the shards on `runner`."""
     import numpy as np
 
-    from tasks.mine import Embedded
-    from tasks.mine_rounds import mine_table
-    from tasks.shards import use_runner
-    from tasks.train import embed_documents, embed_queries
+    from ebr.mining.mine import Embedded
+    from ebr.mining.rounds import mine_table
+    from ebr.models.training import embed_documents, embed_queries
+    from ebr.runners import use_runner
 
     workers = child_processes if runner == "dask" else None
     with use_runner(cfg.runner):

@@ -97,7 +97,7 @@ def test_deployment_run_from_the_cli_shows_in_the_ui(
     api, env = prefect_server
     serve_log = open(tmp_path / "serve.log", "w")  # noqa: SIM115
     serve = subprocess.Popen(
-        [sys.executable, "-m", "deployments.serve"],
+        [sys.executable, "-m", "ebr.flows.deployments"],
         cwd=PROJECT_ROOT, env=env, stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:

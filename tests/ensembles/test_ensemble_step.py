@@ -6,12 +6,18 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from ebr.ann.knn import exact_knn, recall_at_k
+from ebr.ann.quantize import build_index, set_nprobe
 from ebr.config import load_config
-from models.ensembles import l2_normalize
-from models.knn import exact_knn, recall_at_k
-from tasks.ensemble import evaluation_markdown, evaluation_table, fill_weights, pick_served, specs_from_config
-from tasks.quantize import build_index, set_nprobe
-from tasks.retriever import Retriever, RetrieverSpec, index_docs, single
+from ebr.evaluation.ensembles import (
+    evaluation_markdown,
+    evaluation_table,
+    fill_weights,
+    pick_served,
+    specs_from_config,
+)
+from ebr.models.ensembles import l2_normalize
+from ebr.retrieval.retrievers import Retriever, RetrieverSpec, index_docs, single
 
 
 @pytest.fixture(scope="module")

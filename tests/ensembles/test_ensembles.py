@@ -8,14 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.ensembles import (
+from ebr.ann.knn import exact_knn, one_recall_at, recall_at_k
+from ebr.models.ensembles import (
     cascade_search,
     choose_weights,
     weighted_concat_docs,
     weighted_concat_query,
     weighted_similarity,
 )
-from models.knn import exact_knn, one_recall_at, recall_at_k
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from ebr import registry
 from ebr.cli import main
-from flows.retrain import parameter_overrides, retrain
-from tasks.gate import GateFailedError
-from tasks.steps import DONE
+from ebr.flows.retrain import parameter_overrides, retrain
+from ebr.steps.gate import GateFailedError
+from ebr.steps.resume import DONE
 
 SMOKE = ["experiment=smoke"]
 
@@ -80,9 +80,7 @@ def test_dask_runner_gives_the_local_runners_results(ebr_home: Path) -> None:
     embeddings, mined tables and recall table as local threads."""
     shards = ["runner.shard_rows=500", "mining.block_size=300", "eval.query_block=200"]  # several per step
     local = retrain(overrides=[*SMOKE, *shards, "runner=local"], publish=False)
-    dask = retrain(
-        overrides=[*SMOKE, *shards, "runner=dask", "runner.cluster.n_workers=2"], publish=False
-    )
+    dask = retrain(overrides=[*SMOKE, *shards, "runner=dask", "runner.cluster.n_workers=2"], publish=False)
     assert (local["runner"], dask["runner"]) == ("threads", "dask")
     assert dask["mining"] == local["mining"]
     assert dask["recall"] == local["recall"]

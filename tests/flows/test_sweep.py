@@ -11,8 +11,8 @@ import duckdb
 import pandas as pd
 import pytest
 
+from ebr.flows.sweep import comparison_markdown, job_rows
 from ebr.home import PROJECT_ROOT
-from flows.sweep import comparison_markdown, job_rows
 
 
 def _report(margin: float, ratio: float, recall: float) -> dict:
@@ -35,7 +35,7 @@ def test_sweep_runs_one_flow_per_job_and_compares(ebr_home: Path, tmp_path: Path
     env = os.environ | {"EBR_HOME": str(ebr_home), "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("PREFECT_API_URL", None)
     done = subprocess.run(
-        [sys.executable, "-m", "flows.retrain", "-m", "experiment=smoke", "model.margin=0.1,0.3"],
+        [sys.executable, "-m", "ebr.flows.retrain", "-m", "experiment=smoke", "model.margin=0.1,0.3"],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -57,7 +57,7 @@ def test_optuna_sweep_returns_the_metric_and_compares(ebr_home: Path, tmp_path: 
     env.pop("PREFECT_API_URL", None)
     args = ["-m", "hparams_search=optuna", "experiment=smoke", "hydra.sweeper.n_trials=2"]
     done = subprocess.run(
-        [sys.executable, "-m", "flows.retrain", *args],
+        [sys.executable, "-m", "ebr.flows.retrain", *args],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -73,7 +73,7 @@ def test_optuna_sweep_returns_the_metric_and_compares(ebr_home: Path, tmp_path: 
 
 
 def test_report_metric_names_a_missing_key() -> None:
-    from flows.retrain import report_metric
+    from ebr.flows.retrain import report_metric
 
     report = {"recall": {"unified": {"all": {"10": 0.5}}}}
     assert report_metric(report, "recall.unified.all.10") == 0.5

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from ebr.config import load_config
-from tasks.gate import (
+from ebr.steps.gate import (
     GateConfig,
     GateFailedError,
     GateSessions,

@@ -11,8 +11,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from ebr.home import conf_dir
+from ebr.ingestion.ingest import IngestResult, ingest_logs
 from ebr.schema import LOG_TABLES
-from tasks.ingest import IngestResult, ingest_logs
 
 T0 = pd.Timestamp("2024-03-01 09:00:00")
 

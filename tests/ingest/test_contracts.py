@@ -8,9 +8,9 @@ import duckdb
 import pandas as pd
 import pytest
 
-from data_contracts import SUITES_DIR, ContractError, ContractRunner, load_contract
-from data_contracts.casting import cast_sql
-from data_contracts.checks import CHECKS, PARSEABLE
+from ebr.contracts import SUITES_DIR, ContractError, ContractRunner, load_contract
+from ebr.contracts.casting import cast_sql
+from ebr.contracts.checks import CHECKS, PARSEABLE
 from ebr.home import PROJECT_ROOT
 from ebr.schema import LOG_TABLES, TABLES, VERTICALS
 

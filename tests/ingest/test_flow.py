@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ebr.commands.ingest import command
-from tasks.ingest import BadShareError, DatabaseUnavailableError, MalformedInputError
+from ebr.cli.ingest import command
+from ebr.ingestion.ingest import BadShareError, DatabaseUnavailableError, MalformedInputError
 
 from .logs import clean_logs, query, write_logs
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 def test_flow_loads_reports_and_publishes_artifacts(ebr_home: Path, clean_dir: Path) -> None:
     from prefect.artifacts import Artifact
 
-    from flows.ingest import ingest
+    from ebr.flows.ingest import ingest
 
     summary = ingest(logs_dir=str(clean_dir))
 
@@ -48,7 +48,7 @@ def test_flow_loads_reports_and_publishes_artifacts(ebr_home: Path, clean_dir: P
 def test_flow_failure_still_reports(ebr_home: Path, tmp_path: Path) -> None:
     from prefect.artifacts import Artifact
 
-    from flows.ingest import ingest
+    from ebr.flows.ingest import ingest
 
     tables = clean_logs()
     tables["sessions"] = tables["sessions"].assign(vertical="videos")
@@ -61,7 +61,7 @@ def test_flow_failure_still_reports(ebr_home: Path, tmp_path: Path) -> None:
 def test_flow_retries_on_io_errors_only() -> None:
     from prefect.states import Failed
 
-    from flows.ingest import _io_error
+    from ebr.flows.ingest import _io_error
 
     assert _io_error(
         None, None, Failed(data=DatabaseUnavailableError("ebr.duckdb: cannot open the database"))

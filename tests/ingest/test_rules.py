@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.ingest import IngestResult, ingest_logs
+from ebr.ingestion.ingest import IngestResult, ingest_logs
 
 from .logs import T0, clean_logs, load_cfg, query, runs, write_table
 

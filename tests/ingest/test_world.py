@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from ebr.commands.ingest import command
+from ebr.cli.ingest import command
 from ebr.schema import LOG_TABLES
-from simulator import world
+from ebr.simulator import world
 
 from .logs import query
 

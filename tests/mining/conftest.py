@@ -128,7 +128,7 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     Loaded straight from the world's Parquet files (ingestion and its contracts are tested in tests/ingest).
     """
-    from simulator.world import simulate
+    from ebr.simulator.world import simulate
 
     root = tmp_path_factory.mktemp("tiny_world")
     world = simulate("tiny", 7, root / "world")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from ebr.commands.mine import command
+from ebr.cli.mine import command
 
 FAST = ["train.epochs=1", "train.batch_size=1024", "train.progress_bar=false", "train.accelerator=cpu",
         "train.torch_threads=1"]  # fmt: skip
@@ -55,8 +55,8 @@ def test_tiny_world_mines_hard_positives_and_hard_negatives(ebr_home: Path):
     from omegaconf import OmegaConf
 
     from ebr.home import PROJECT_ROOT
-    from simulator.world import simulate
-    from tasks.ingest import ingest_logs
+    from ebr.ingestion.ingest import ingest_logs
+    from ebr.simulator.world import simulate
 
     world = simulate("tiny", 7, ebr_home / "worlds" / "tiny-s7")
     db = ebr_home / "ebr.duckdb"

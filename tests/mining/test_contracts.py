@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_contracts.mined import MinedContractError, MinedPromise, validate_mined
-from tasks.mine import mix, positives, random_negatives
+from ebr.contracts.mined import MinedContractError, MinedPromise, validate_mined
+from ebr.mining.mine import mix, positives, random_negatives
 
 TRAIN, HELDOUT = np.arange(1, 13), np.array([13])
 PROMISE = MinedPromise(

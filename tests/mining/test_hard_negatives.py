@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.mine import Embedded, ExcludedDocs, offline_hard_negatives, sample_keys, shard_rows
+from ebr.mining.mine import Embedded, ExcludedDocs, offline_hard_negatives, sample_keys, shard_rows
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

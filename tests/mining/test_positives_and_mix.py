@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.mine import hard_positives, mix, positives, random_negatives, same_query_clicks
+from ebr.mining.mine import hard_positives, mix, positives, random_negatives, same_query_clicks
 
 TRAIN = np.arange(1, 13)  # session 13 is held out
 

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_contracts.mined import MinedContractError
 from ebr.config import load_config
-from models.features import build_features, split_sessions
-from models.mined_data import MinedTripletDataModule
-from tasks import mine
-from tasks.mine_rounds import mine_table, run_mining
-from tasks.mined_store import load_round, save_round
+from ebr.contracts.mined import MinedContractError
+from ebr.mining import mine
+from ebr.mining.rounds import mine_table, run_mining
+from ebr.mining.store import load_round, save_round
+from ebr.models.features import build_features, split_sessions
+from ebr.models.mined_data import MinedTripletDataModule
 
 FAST = ["train.epochs=1", "train.batch_size=1024", "train.progress_bar=false", "train.accelerator=cpu",
         "train.torch_threads=1", "data.heldout_sessions=1000", "mining.hard.window=[5,40]",

@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 from tiny_logs import FAST, tiny_tables, write_db
 
 from ebr.config import load_config
-from models.features import FeatureSet, build_features, split_sessions
-from tasks.train import TrainedTower, train_tower
+from ebr.models.features import FeatureSet, build_features, split_sessions
+from ebr.models.training import TrainedTower, train_tower
 
 
 @pytest.fixture(scope="session")

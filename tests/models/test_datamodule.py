@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.datamodule import TripletDataModule, training_pairs
-from models.features import FeatureSet
+from ebr.models.datamodule import TripletDataModule, training_pairs
+from ebr.models.features import FeatureSet
 
 
 def test_positives_are_training_clicks(tiny_features: FeatureSet) -> None:

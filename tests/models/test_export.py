@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.export import QueryInput, export_query_tower, load_query_encoder
-from models.features import FeatureSet
-from tasks.train import TrainedTower, embed_documents, embed_queries, load_module
+from ebr.models.export import QueryInput, export_query_tower, load_query_encoder
+from ebr.models.features import FeatureSet
+from ebr.models.training import TrainedTower, embed_documents, embed_queries, load_module
 
 
 def _heldout_inputs(features: FeatureSet, rows: np.ndarray, tables: dict) -> list[QueryInput]:
@@ -62,11 +62,11 @@ def test_exported_encoder_matches_training_tower(
 import sys
 sys.modules["duckdb"] = None  # importing duckdb now fails
 import numpy as np
-from models.export import QueryInput, load_query_encoder
+from ebr.models.export import QueryInput, load_query_encoder
 enc = load_query_encoder({str(folder)!r})
 got = enc.encode([QueryInput(*row) for row in {inputs!r}])
 assert np.allclose(got, np.load({str(tmp_path / "expected.npy")!r}), rtol=0, atol=1e-6)
-assert "models.features" not in sys.modules and "tasks.train" not in sys.modules
+assert "ebr.models.features" not in sys.modules and "ebr.models.training" not in sys.modules
 print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path.cwd())

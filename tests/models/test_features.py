@@ -10,9 +10,9 @@ import pytest
 from omegaconf import DictConfig
 from tiny_logs import write_db
 
+from ebr.models.features import FeatureSet, MissingTableError, build_features, split_sessions
+from ebr.models.vocab import OOV
 from ebr.schema import VERTICALS
-from models.features import FeatureSet, MissingTableError, build_features, split_sessions
-from models.vocab import OOV
 
 
 def test_split_holds_out_the_latest_sessions(tiny_db: Path, tiny_tables_: dict[str, pd.DataFrame]) -> None:
@@ -86,7 +86,7 @@ def test_missing_required_table_is_named(tmp_path: Path, tiny_tables_: dict[str,
 def test_text_only_logs_drop_social_fields(
     tmp_path: Path, tiny_tables_: dict[str, pd.DataFrame], fast_cfg: DictConfig
 ) -> None:
-    from tasks.train import tower_fields
+    from ebr.models.training import tower_fields
 
     required = {k: tiny_tables_[k] for k in ("documents", "sessions", "impressions")}
     db = write_db(required, tmp_path / "ebr.duckdb")

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from models.losses import cosine_distance, triplet_loss
-from models.miners import hardest_in_batch
+from ebr.models.losses import cosine_distance, triplet_loss
+from ebr.models.miners import hardest_in_batch
 
 
 def test_triplet_loss_hand_computed() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.social import build_graph, fastrp, kmeans_clusters, member_aggregates, user_cluster_bags
+from ebr.models.social import build_graph, fastrp, kmeans_clusters, member_aggregates, user_cluster_bags
 
 
 def _two_communities() -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from models.text_features import TextHasher, char_trigrams, normalize_text, stable_hash, word_ngrams
+from ebr.models.text_features import TextHasher, char_trigrams, normalize_text, stable_hash, word_ngrams
 
 
 def test_normalize_case_accents_punctuation() -> None:
@@ -42,7 +42,7 @@ def test_hash_depends_on_seed_and_namespace() -> None:
 
 def test_hashing_identical_across_processes() -> None:
     code = (
-        "from models.text_features import TextHasher;"
+        "from ebr.models.text_features import TextHasher;"
         "t, w = TextHasher(131072, 65536, 17).encode(['Kasie\\'s creations', 'mini cooper nw']);"
         "print(t.ids.tolist(), w.ids.tolist())"
     )

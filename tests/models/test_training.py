@@ -15,10 +15,9 @@ import torch
 from click.testing import CliRunner
 from omegaconf import DictConfig
 
-from ebr.commands.train import command
-from models.features import FeatureSet
-from tasks.evaluate import evaluate, recall_by_group, recall_by_query_tag
-from tasks.train import (
+from ebr.cli.train import command
+from ebr.models.features import FeatureSet
+from ebr.models.training import (
     TrainedTower,
     build_module,
     configured_model_name,
@@ -26,7 +25,8 @@ from tasks.train import (
     model_settings,
     train_tower,
 )
-from tasks.train_eval import train_and_evaluate
+from ebr.steps.evaluate import evaluate, recall_by_group, recall_by_query_tag
+from ebr.steps.train_eval import train_and_evaluate
 
 
 def test_training_raises_recall_well_above_untrained(

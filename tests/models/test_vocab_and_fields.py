@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.fields import Bags, take
-from models.vocab import OOV, Vocab
+from ebr.models.fields import Bags, take
+from ebr.models.vocab import OOV, Vocab
 
 
 def test_vocab_unseen_and_missing_values_go_to_oov() -> None:

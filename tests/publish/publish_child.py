@@ -10,7 +10,7 @@ from pathlib import Path
 
 from publish_pieces import make_pieces, make_world, passing_gate
 
-from tasks import publish
+from ebr.steps import publish
 
 
 def main(step: str) -> None:

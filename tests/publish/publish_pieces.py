@@ -1,7 +1,7 @@
 """A tiny deterministic candidate for publication tests: documents, one projection 'tower', an IVF-PQ index.
 
 A model is a projection of raw feature vectors; its exported tower folder holds the projection, loaded by
-`load_encoder` (the stand-in for models.export.load_query_encoder, whose towers other tests cover).
+`load_encoder` (the stand-in for ebr.models.export.load_query_encoder, whose towers other tests cover).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.ensembles import l2_normalize
-from tasks.gate import GateConfig, GateSessions, evaluate_gate
-from tasks.publish import VersionPieces
-from tasks.quantize import build_index, set_nprobe
-from tasks.retriever import Retriever, single
+from ebr.ann.quantize import build_index, set_nprobe
+from ebr.models.ensembles import l2_normalize
+from ebr.retrieval.retrievers import Retriever, single
+from ebr.steps.gate import GateConfig, GateSessions, evaluate_gate
+from ebr.steps.publish import VersionPieces
 
 VERTICALS = ("people", "groups", "events")
 GATE = GateConfig.from_mapping(

@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from publish_pieces import GATE, in_memory, load_encoder, make_pieces, make_world, passing_gate
 
 from ebr import home, registry
-from ebr.commands import rollback as rollback_cmd
-from ebr.commands import versions as versions_cmd
-from tasks import publish
-from tasks.gate import GateFailedError, enforce, evaluate_gate, measure_recall, run_gate
-from tasks.retriever import load_version
+from ebr.cli import rollback as rollback_cmd
+from ebr.cli import versions as versions_cmd
+from ebr.retrieval.retrievers import load_version
+from ebr.steps import publish
+from ebr.steps.gate import GateFailedError, enforce, evaluate_gate, measure_recall, run_gate
 
 HERE = Path(__file__).parent
 
@@ -197,7 +197,7 @@ def test_staging_leftovers_are_invisible_and_cleaned(published, tmp_path, world)
 
 def test_gate_against_the_served_version(published, tmp_path, world):
     """The published index's recall on the gate sessions decides a regression."""
-    from tasks.gate import served_recall
+    from ebr.steps.gate import served_recall
 
     version, old = served_recall(world.sessions, GATE, encoder_loader=load_encoder)
     assert version == "v0001"

@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from ebr.config import load_config
-from models.knn import exact_knn, one_recall_at, recall_at_k
-from models.synthetic import clustered_dataset
-from tasks.quantize import (
+from ebr.ann.knn import exact_knn, one_recall_at, recall_at_k
+from ebr.ann.quantize import (
     IndexConfig,
     build_index,
     expand_schemes,
@@ -19,6 +17,8 @@ from tasks.quantize import (
     table3_markdown,
     tune,
 )
+from ebr.config import load_config
+from ebr.models.synthetic import clustered_dataset
 
 
 def _transform(index: faiss.IndexPreTransform, x: np.ndarray) -> np.ndarray:

@@ -13,9 +13,9 @@ import faiss
 import numpy as np
 
 from ebr import registry
-from retrieval.build import build_engine, build_index
-from retrieval.executor import PlannerCosts
-from retrieval.index import EngineIndex
+from ebr.retrieval.build import build_engine, build_index
+from ebr.retrieval.executor import PlannerCosts
+from ebr.retrieval.index import EngineIndex
 
 D = 16
 IMPOSSIBLE = 1e12

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from engine_fixtures import D, clustered, corpus_index, make_corpus, write_version
 
-from retrieval.build import build_engine
-from retrieval.executor import execute
-from retrieval.index import EngineIndex
-from retrieval.quantized import UnsupportedIndexError
-from retrieval.query import parse
+from ebr.retrieval.build import build_engine
+from ebr.retrieval.executor import execute
+from ebr.retrieval.index import EngineIndex
+from ebr.retrieval.quantized import UnsupportedIndexError
+from ebr.retrieval.query import parse
 
 EXPR = parse("(and (term vertical:people) (or (term text:w1) (nn unified :radius 0.5 :nprobe 4)))")
 

@@ -20,10 +20,10 @@ from engine_fixtures import (
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from retrieval.executor import PlannerCosts, execute
-from retrieval.index import EngineIndex, parse_terms
-from retrieval.query import NN, And, Not, Or, Term, parse
-from retrieval.reference import EPSILON, Docs, evaluate, quantised_view
+from ebr.retrieval.executor import PlannerCosts, execute
+from ebr.retrieval.index import EngineIndex, parse_terms
+from ebr.retrieval.query import NN, And, Not, Or, Term, parse
+from ebr.retrieval.reference import EPSILON, Docs, evaluate, quantised_view
 
 QUERIES = {key: clustered(np.random.default_rng(99 + i), 64) for i, key in enumerate(FACTORIES)}
 CLUSTER_TERMS = [f"nn.unified:{i}" for i in range(16)] + [f"nn.text:{i}" for i in range(8)]
@@ -145,7 +145,7 @@ change = st.one_of(
 def test_realtime_changes_equal_the_reference(trained, changes, exprs, row, compact) -> None:
     """Adds, updates and deletes (terms with payloads, embeddings) are visible to the next query, before and
     after compaction; the reference is a plain dict of term -> payload dicts updated alongside."""
-    from retrieval.index import Document, Update
+    from ebr.retrieval.index import Document, Update
 
     corpus = make_corpus(seed=11, n=120, payloads=True)
     index = corpus_index(corpus, trained)

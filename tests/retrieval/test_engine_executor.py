@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from engine_fixtures import FORCED_PLANS, clustered, corpus_index, make_corpus, unit
 
-from retrieval.build import build_index
-from retrieval.executor import ExecutionError, QueryTimeoutError, execute
-from retrieval.query import expand_text, parse
-from retrieval.reference import evaluate, quantised_view
+from ebr.retrieval.build import build_index
+from ebr.retrieval.executor import ExecutionError, QueryTimeoutError, execute
+from ebr.retrieval.query import expand_text, parse
+from ebr.retrieval.reference import evaluate, quantised_view
 
 HYBRID = (
     "(and (or (term location:seattle) (term location:menlo_park)) (or $text "

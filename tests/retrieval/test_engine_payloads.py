@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from engine_fixtures import clustered, corpus_index, make_corpus, write_version
 
-from retrieval.executor import execute
-from retrieval.index import EngineIndex, Update
-from retrieval.query import parse
-from retrieval.store import Engine
+from ebr.retrieval.executor import execute
+from ebr.retrieval.index import EngineIndex, Update
+from ebr.retrieval.query import parse
+from ebr.retrieval.store import Engine
 
 Q = {"unified": clustered(np.random.default_rng(5), 1)[0]}
 
@@ -99,7 +99,7 @@ def test_payloads_survive_save_and_load_and_payload_free_folders_keep_format_1(
     expr = "(and (term text:w2 :min 0.2 :score) (not (term text:w3 :max 0.3)))"
     assert results(loaded, expr) == results(index, expr) != []
     assert all(loaded.document_payloads(i) == index.document_payloads(i) for i in range(index.internal_count))
-    # a published version built by retrieval/build.py (plain string terms) is format 1, readable as ever
+    # a published version built by ebr/retrieval/build.py (plain string terms) is format 1, readable as ever
     version = write_version(tmp_path / "v1", make_corpus(seed=33, n=50), trained)
     meta = json.loads((version / "engine" / "meta.json").read_text())
     assert meta["format"] == 1 and not (version / "engine" / "postings_payloads.npy").exists()

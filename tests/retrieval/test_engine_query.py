@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrieval.query import NN, And, Limits, Or, QueryError, Term, Text, expand_text, nn_nodes, parse
-from retrieval.terms import document_terms, normalize_term, query_terms, tokens
+from ebr.retrieval.query import NN, And, Limits, Or, QueryError, Term, Text, expand_text, nn_nodes, parse
+from ebr.retrieval.terms import document_terms, normalize_term, query_terms, tokens
 
 PAPER_TERMS = (
     "(and (or (term location:seattle) (term location:menlo_park)) (and (term text:john) (term text:smithe)))"

@@ -15,13 +15,13 @@ from engine_fixtures import clustered, make_corpus, unit, write_version
 from fastapi.testclient import TestClient
 
 from ebr import registry
-from ebr.commands.search import command as search_command
-from retrieval.api import create_app
-from retrieval.config import load_engine_config
-from retrieval.executor import execute
-from retrieval.index import EngineIndex
-from retrieval.query import parse
-from retrieval.service import HotSwapper, SearchRequest, SearchService
+from ebr.cli.search import command as search_command
+from ebr.retrieval.api import create_app
+from ebr.retrieval.config import load_engine_config
+from ebr.retrieval.executor import execute
+from ebr.retrieval.index import EngineIndex
+from ebr.retrieval.query import parse
+from ebr.retrieval.service import HotSwapper, SearchRequest, SearchService
 
 Q = clustered(np.random.default_rng(77), 1)[0]
 HYBRID = "(and (term location:seattle) (nn unified :radius 0.6 :nprobe 8))"
@@ -36,7 +36,7 @@ def served(ebr_home: Path, trained) -> Path:
 
 
 class FakeEncoder:
-    """Stands in for models.export's encoder: a deterministic unit vector from the query's text and user."""
+    """Stands in for ebr.models.export's encoder: a deterministic unit vector from the query text and user."""
 
     def __init__(self, d: int):
         self.d = d
@@ -95,7 +95,7 @@ def test_ebr_search_without_a_served_version(ebr_home: Path) -> None:
 
 
 def test_query_text_and_searcher_go_through_the_query_tower(served: Path, monkeypatch) -> None:
-    import models.export
+    import ebr.models.export
 
     (served / "towers" / "unified").mkdir(parents=True)  # towers are loaded from the version folder
     loaded: list[Path] = []
@@ -104,12 +104,12 @@ def test_query_text_and_searcher_go_through_the_query_tower(served: Path, monkey
         loaded.append(path)
         return FakeEncoder(16)
 
-    monkeypatch.setattr(models.export, "load_query_encoder", fake_loader)
+    monkeypatch.setattr(ebr.models.export, "load_query_encoder", fake_loader)
     config = load_engine_config()
     service = SearchService.open(served, config, writable=False, verify=False)
     request = SearchRequest(vertical="people", query_text="w1 w2", searcher_id=42)
     response = service.search(request)
-    expected_vector = FakeEncoder(16).encode([models.export.QueryInput("w1 w2", 42)])[0]
+    expected_vector = FakeEncoder(16).encode([ebr.models.export.QueryInput("w1 w2", 42)])[0]
     root = parse(
         "(and (term vertical:people) (or (and (term text:w1) (term text:w2)) "
         "(nn unified :radius 0.24 :nprobe 16)))"
@@ -267,8 +267,8 @@ def test_hot_reload_swaps_versions_without_failing_requests(served: Path, ebr_ho
 
 
 def test_config_defaults_match_the_code_and_bad_settings_are_named() -> None:
-    from retrieval.executor import PlannerCosts
-    from retrieval.query import Limits
+    from ebr.retrieval.executor import PlannerCosts
+    from ebr.retrieval.query import Limits
 
     config = load_engine_config()
     assert config.planner == PlannerCosts() and config.limits == Limits()

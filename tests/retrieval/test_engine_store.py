@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from engine_fixtures import clustered, corpus_index, make_corpus
 
-from retrieval.index import DocumentExistsError, DocumentNotFoundError, UpdateError
-from retrieval.query import parse
-from retrieval.store import CorruptLogError, Engine, EngineLockedError, StoreConfig
+from ebr.retrieval.index import DocumentExistsError, DocumentNotFoundError, UpdateError
+from ebr.retrieval.query import parse
+from ebr.retrieval.store import CorruptLogError, Engine, EngineLockedError, StoreConfig
 
 Q = clustered(np.random.default_rng(5), 1)[0]
 ALL = parse("(and (term vertical:people) (nn unified :radius 1.5 :nprobe 16))")
@@ -70,7 +70,7 @@ def test_acknowledged_changes_survive_a_kill(base: Path, tmp_path: Path) -> None
     state = tmp_path / "state"
     code = textwrap.dedent(f"""
         from pathlib import Path
-        from retrieval.store import Engine
+        from ebr.retrieval.store import Engine
         engine = Engine.open(Path({str(base)!r}), Path({str(state)!r}))
         for i in range(1000):
             engine.add(10_000 + i, ["vertical:people", "text:fresh"], {{}})

@@ -1,4 +1,4 @@
-"""Shard runners (tasks/shards.py): every runner returns what the serial one does, in shard order."""
+"""Shard runners (ebr/runners.py): every runner returns what the serial one does, in shard order."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.mine import Embedded, offline_hard_negatives
-from tasks.progress import use_progress
-from tasks.shards import current_runner, map_shards, row_shards, use_runner
+from ebr.mining.mine import Embedded, offline_hard_negatives
+from ebr.progress import use_progress
+from ebr.runners import current_runner, map_shards, row_shards, use_runner
 
 LOCAL_CLUSTER = {"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
 

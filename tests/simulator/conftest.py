@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.world import simulate
+from ebr.simulator.world import simulate
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from simulator.config import load_scale
-from simulator.graph import reference_statistics
-from simulator.report import reference_path
-from simulator.world import simulate
+from ebr.simulator.config import load_scale
+from ebr.simulator.graph import reference_statistics
+from ebr.simulator.report import reference_path
+from ebr.simulator.world import simulate
 
 
 def _report(world: Path) -> dict:

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulator.assets import load_assets
-from simulator.graph import csr, csr_gather, graph_statistics, reference_statistics
-from simulator.queries import QueryMaker
-from simulator.retriever import Global, Located, TermIndex
-from simulator.sampling import Blocks, csr_contains, random_neighbour
-from simulator.text import normalise, tokens
-from simulator.typos import LENGTH_BUCKETS, TypoModel, edit_ops, edit_statistics, phonetic_rule
+from ebr.simulator.assets import load_assets
+from ebr.simulator.graph import csr, csr_gather, graph_statistics, reference_statistics
+from ebr.simulator.queries import QueryMaker
+from ebr.simulator.retriever import Global, Located, TermIndex
+from ebr.simulator.sampling import Blocks, csr_contains, random_neighbour
+from ebr.simulator.text import normalise, tokens
+from ebr.simulator.typos import LENGTH_BUCKETS, TypoModel, edit_ops, edit_statistics, phonetic_rule
 
 # ---- typos ---------------------------------------------------------------------------------------------
 

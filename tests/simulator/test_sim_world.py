@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ebr.schema import SCHEMA_VERSION, TABLES, VERTICALS
-from simulator.tables import arrow_schema
-from simulator.world import simulate
+from ebr.simulator.tables import arrow_schema
+from ebr.simulator.world import simulate
 
 FILES = [
     f"{t}.parquet" for t in ("users", "friendships", "documents", "memberships", "sessions", "impressions")

@@ -1,1 +1,0 @@
-"""Prefect deployments of the retrain flow (see deployments/README.md)."""

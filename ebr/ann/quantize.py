@@ -1,0 +1,409 @@
+"""Quantise document embeddings (§4.1) and tune the ANN index against the share of documents scanned.
+
+Schemes are faiss `index_factory` strings (IVF or IMI coarse quantisation with PQ, OPQ or PCA+PQ). For every
+scheme and nprobe the tuner measures, on a sample of queries:
+  - 1-recall@10: share of queries whose exact nearest neighbour (blocked exact KNN) is in the ANN top 10;
+  - recall@K of the queries' targets, when targets are given (the quantity the recall gate checks);
+  - the share of the index really scanned: PQ codes compared (faiss's IVF `ndis`) / (queries x documents).
+Points are compared by scanned share, not nprobe (clusters are unbalanced); the Pareto front over (scanned
+share, bytes per code, accuracy) is kept, and the point meeting the target (by default within 2% of the exact
+index's recall@K) that scans least (then: smallest codes, then most accurate) is chosen: it is on the front.
+
+Metric: the configured one (inner product: the retrieval engine scores cosine by inner product), except IMI,
+which faiss only has for L2: IMI points are measured for comparison (on unit vectors |q-d|^2 = 2 - 2 cos,
+the same order) but only points of the configured metric can be chosen. With inner product, PCA is applied
+without centring (an orthogonal projection preserves inner products inside the kept subspace; centring would
+add a document-dependent term).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+
+from ebr.ann.knn import METRICS, as_float32, exact_knn, one_recall_at, recall_at_k
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """The sweep and the target; mirrors conf/index/default.yaml."""
+
+    factories: tuple[str, ...] = (
+        "IVF{nlist},PQ{m}x{nbits}",
+        "OPQ{m},IVF{nlist},PQ{m}x{nbits}",
+        "PCAR{pca_d},IVF{nlist},PQ{m}x{nbits}",
+        "IMI2x{imi_bits},PQ{m}x{nbits}",
+    )
+    nlists: tuple[int | str, ...] = ("auto",)  # "auto" = power of two nearest 4 sqrt(n_docs)
+    imi_bits: tuple[int, ...] = (6,)
+    nprobes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    pq_bytes: int | None = None  # None = d/4, the paper's advice
+    pq_nbits: int = 8
+    pca_dim: int | None = None  # None = d/2
+    metric: str = "inner_product"
+    k: int = 50  # recall@K of the targets
+    one_recall_r: int = 10  # 1-recall@r against exact KNN
+    target_metric: str = "recall_at_k"  # recall_at_k | one_recall (recall_at_k needs targets)
+    max_drop: float = 0.02  # allowed drop below the exact index
+    relative: bool = True  # max_drop relative to the exact index's value (else absolute)
+    train_size: int = 100_000
+    tuning_queries: int = 2000
+    seed: int = 0
+    threads: int | None = None  # faiss OpenMP threads while tuning (None: faiss's default)
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> IndexConfig:
+        tuples = {"factories", "nlists", "imi_bits", "nprobes"}
+        unknown = set(cfg) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"index config: unknown keys {sorted(unknown)}")
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in cfg.items()})
+
+
+@dataclass(frozen=True)
+class Scheme:
+    factory: str
+    metric: str
+
+
+@dataclass
+class OperatingPoint:
+    factory: str
+    metric: str
+    nlist: int
+    nprobe: int
+    code_size: int  # bytes per document code
+    one_recall: float  # 1-recall@r against exact KNN
+    recall: float | None  # recall@K of the targets
+    scanned: float  # share of the documents scanned per query, 0..1
+    search_us: float = (
+        0.0  # wall time per query on this machine (informative; `scanned` is the portable cost)
+    )
+    servable: bool = True  # of the configured metric (the only points the tuner may choose)
+    pareto: bool = False
+    chosen: bool = False
+
+
+@dataclass
+class TuneResult:
+    points: list[OperatingPoint]
+    exact: dict[str, Any]  # the exact (flat) index on the same queries: recall@K, 1-recall@r = 1
+    target: dict[str, Any]  # metric, threshold, reference
+    chosen: OperatingPoint | None
+    met: bool  # whether the chosen point meets the target (else it is the most accurate point)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    n_docs: int = 0
+    n_queries: int = 0
+    indexes: dict[str, faiss.Index] = field(default_factory=dict, repr=False)
+
+    def chosen_index(self) -> faiss.Index:
+        """The chosen scheme's trained, filled index, with the chosen nprobe set (saved with it by faiss)."""
+        if self.chosen is None:
+            raise RuntimeError("no operating point was measured")
+        index = self.indexes[self.chosen.factory]
+        set_nprobe(index, self.chosen.nprobe)
+        return index
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_docs": self.n_docs,
+            "n_queries": self.n_queries,
+            "exact": self.exact,
+            "target": self.target,
+            "met": self.met,
+            "chosen": asdict(self.chosen) if self.chosen else None,
+            "points": [asdict(p) for p in self.points],
+            "skipped": self.skipped,
+        }
+
+
+def metric_for(factory: str, default: str) -> str:
+    """L2 for IMI schemes (see the module docstring), else the configured metric."""
+    return "l2" if "IMI" in factory else default
+
+
+def auto_nlist(n_docs: int) -> int:
+    return 2 ** max(1, round(math.log2(4 * math.sqrt(n_docs))))
+
+
+def expand_schemes(cfg: IndexConfig, d: int, n_train: int) -> tuple[list[Scheme], list[dict[str, str]]]:
+    """Fill the factory templates ({nlist}, {imi_bits}, {m}, {nbits}, {pca_d}); skip the impossible ones."""
+    m = cfg.pq_bytes or d // 4
+    pca_d = cfg.pca_dim or d // 2
+    nlists = sorted({auto_nlist(n_train) if v == "auto" else int(v) for v in cfg.nlists})
+    schemes, skipped = [], []
+    for template in cfg.factories:
+        for nlist, bits in itertools.product(
+            nlists if "{nlist}" in template else [0], cfg.imi_bits if "{imi_bits}" in template else [0]
+        ):
+            factory = template.format(nlist=nlist, imi_bits=bits, m=m, nbits=cfg.pq_nbits, pca_d=pca_d)
+            dim = pca_d if "{pca_d}" in template else d
+            centroids = max(nlist, 2**bits, 2**cfg.pq_nbits if "{nbits}" in template else 0)
+            if "{m}" in template and dim % m:
+                skipped.append({"factory": factory, "reason": f"PQ{m} does not divide dimension {dim}"})
+            elif dim > d:
+                skipped.append({"factory": factory, "reason": f"PCA to {dim} > dimension {d}"})
+            elif centroids > n_train:
+                skipped.append({"factory": factory, "reason": f"{centroids} centroids > {n_train} vectors"})
+            else:
+                schemes.append(Scheme(factory, metric_for(factory, cfg.metric)))
+    return schemes, skipped
+
+
+def _prepare_training(index: faiss.Index) -> None:
+    """Skip polysemous training (Hamming filtering, unused here, and the slowest part of training) and let
+    k-means train on fewer than 39 points per centroid without one stderr line per sub-quantizer."""
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    if hasattr(ivf, "do_polysemous_training"):
+        ivf.do_polysemous_training = False
+    ivf.cp.min_points_per_centroid = 1
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    for pq in (getattr(ivf, "pq", None), getattr(quantizer, "pq", None)):
+        if pq is not None:
+            pq.cp.min_points_per_centroid = 1
+    if isinstance(index, faiss.IndexPreTransform):
+        transform = faiss.downcast_VectorTransform(index.chain.at(0))
+        if isinstance(transform, faiss.OPQMatrix):
+            trainer = faiss.ProductQuantizer(transform.d_out, transform.M, 8)
+            trainer.cp.min_points_per_centroid = 1
+            transform.pq = trainer
+            transform._trainer = trainer  # keep the Python object alive while faiss points at it
+
+
+@contextmanager
+def _blas_distances() -> Iterator[None]:
+    """k-means assignments through BLAS: faiss's sequential kernel is ~10x slower on PQ's 4-d sub-vectors."""
+    saved = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = 0
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = saved
+
+
+def build_index(
+    factory: str,
+    docs: np.ndarray,
+    metric: str = "inner_product",
+    train_size: int = 100_000,
+    seed: int = 0,
+    block_size: int = 65536,
+) -> faiss.Index:
+    """Train `factory` on a seeded sample of `train_size` documents, then add every document (in blocks)."""
+    index = faiss.index_factory(docs.shape[1], factory, METRICS[metric])
+    _prepare_training(index)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(docs), size=min(train_size, len(docs)), replace=False))
+    train = as_float32(docs[sample])
+    if isinstance(index, faiss.IndexPreTransform) and metric == "inner_product":
+        transform = faiss.downcast_VectorTransform(index.chain.at(0))
+        if isinstance(transform, faiss.PCAMatrix):  # uncentred: keep inner products (module docstring)
+            transform.train(train)
+            faiss.copy_array_to_vector(np.zeros(transform.d_out, dtype=np.float32), transform.b)
+    with _blas_distances():
+        index.train(train)
+    for start in range(0, len(docs), block_size):
+        index.add(as_float32(docs[start : start + block_size]))
+    return index
+
+
+def set_nprobe(index: faiss.Index, nprobe: int) -> None:
+    faiss.extract_index_ivf(index).nprobe = nprobe
+
+
+def search_scanned(
+    index: faiss.Index, queries: np.ndarray, k: int, nprobe: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """ANN search at `nprobe`: (scores, rows, share of the index's codes scanned per query)."""
+    set_nprobe(index, nprobe)
+    stats = faiss.cvar.indexIVF_stats
+    stats.reset()
+    scores, rows = index.search(as_float32(queries), k)
+    return scores, rows, stats.ndis / (len(queries) * index.ntotal)
+
+
+def pareto_front(points: Sequence[OperatingPoint], accuracy: str) -> list[OperatingPoint]:
+    """Points no other point beats on scanned share, bytes per code (both lower) and `accuracy` (higher)."""
+
+    def dominates(q: OperatingPoint, p: OperatingPoint) -> bool:
+        no_worse = (
+            q.scanned <= p.scanned
+            and q.code_size <= p.code_size
+            and getattr(q, accuracy) >= getattr(p, accuracy)
+        )
+        better = (
+            q.scanned < p.scanned or q.code_size < p.code_size or getattr(q, accuracy) > getattr(p, accuracy)
+        )
+        return no_worse and better
+
+    return [p for p in points if not any(dominates(q, p) for q in points)]
+
+
+def tune(
+    docs: np.ndarray,
+    queries: np.ndarray,
+    cfg: IndexConfig,
+    targets: Sequence[np.ndarray] | None = None,
+) -> TuneResult:
+    """Sweep schemes x nprobe on a query sample, keep the Pareto front, choose the cheapest point on target.
+
+    `targets` are row ids into `docs` (each query's relevant documents); without them the target is on
+    1-recall@r. The built indexes are kept on the result (`chosen_index()`).
+    """
+    with _faiss_threads(cfg.threads):
+        return _tune(docs, queries, cfg, targets)
+
+
+@contextmanager
+def _faiss_threads(threads: int | None) -> Iterator[None]:
+    saved = faiss.omp_get_max_threads()
+    if threads:
+        faiss.omp_set_num_threads(threads)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(saved)
+
+
+def _tune(
+    docs: np.ndarray, queries: np.ndarray, cfg: IndexConfig, targets: Sequence[np.ndarray] | None
+) -> TuneResult:
+    rng = np.random.default_rng(cfg.seed)
+    if len(queries) > cfg.tuning_queries:
+        pick = np.sort(rng.choice(len(queries), size=cfg.tuning_queries, replace=False))
+        queries = queries[pick]
+        targets = [targets[i] for i in pick] if targets is not None else None
+    queries = as_float32(queries)
+    metric_name = cfg.target_metric if targets is not None else "one_recall"
+    if metric_name not in ("recall_at_k", "one_recall"):
+        raise ValueError(f"index.target_metric: expected recall_at_k or one_recall, got {metric_name!r}")
+    accuracy = "recall" if metric_name == "recall_at_k" else "one_recall"
+    k = max(cfg.k if targets is not None else 0, cfg.one_recall_r)
+
+    _, exact_rows = exact_knn(queries, docs, k)
+    exact = {"one_recall": 1.0, "recall": recall_at_k(exact_rows, targets, cfg.k) if targets else None}
+    reference = exact[accuracy]
+    threshold = reference * (1 - cfg.max_drop) if cfg.relative else reference - cfg.max_drop
+    target = {
+        "metric": metric_name,
+        "k": cfg.k,
+        "one_recall_r": cfg.one_recall_r,
+        "reference": reference,
+        "threshold": threshold,
+        "serving_metric": cfg.metric,
+        "max_drop": cfg.max_drop,
+        "relative": cfg.relative,
+    }
+
+    schemes, skipped = expand_schemes(cfg, docs.shape[1], min(cfg.train_size, len(docs)))
+    points, indexes = [], {}
+    for scheme in schemes:
+        index = build_index(scheme.factory, docs, scheme.metric, cfg.train_size, cfg.seed)
+        indexes[scheme.factory] = index
+        ivf = faiss.extract_index_ivf(index)
+        for nprobe in sorted(p for p in cfg.nprobes if p <= ivf.nlist):
+            start = time.perf_counter()
+            _, rows, scanned = search_scanned(index, queries, k, nprobe)
+            elapsed = time.perf_counter() - start
+            points.append(
+                OperatingPoint(
+                    factory=scheme.factory,
+                    metric=scheme.metric,
+                    nlist=ivf.nlist,
+                    nprobe=nprobe,
+                    code_size=ivf.code_size,
+                    one_recall=one_recall_at(rows, exact_rows[:, 0], cfg.one_recall_r),
+                    recall=recall_at_k(rows, targets, cfg.k) if targets else None,
+                    scanned=scanned,
+                    search_us=1e6 * elapsed / len(queries),
+                    servable=scheme.metric == cfg.metric,
+                )
+            )
+        log.info("tuned %s (%s)", scheme.factory, scheme.metric)
+    for p in pareto_front(points, accuracy):
+        p.pareto = True
+    servable = [p for p in points if p.servable]
+    meeting = [p for p in servable if getattr(p, accuracy) >= threshold]
+    if meeting:
+        chosen = min(meeting, key=lambda p: (p.scanned, p.code_size, -getattr(p, accuracy)))
+    else:
+        chosen = max(servable, key=lambda p: (getattr(p, accuracy), -p.scanned), default=None)
+    if chosen is not None:
+        chosen.chosen = True
+    return TuneResult(
+        points=points,
+        exact=exact,
+        target=target,
+        chosen=chosen,
+        met=bool(meeting),
+        skipped=skipped,
+        n_docs=len(docs),
+        n_queries=len(queries),
+        indexes=indexes,
+    )
+
+
+def _scheme_name(factory: str) -> str:
+    return re.sub(r"x8\b", "", factory)  # PQ16x8 is the paper's PQ16
+
+
+def table3_markdown(result: TuneResult) -> str:
+    """The paper's Table 3 (scheme, 1-recall@10, % scanned) near the chosen point's cost, then all points."""
+    t = result.target
+    head = f"1-recall@{t['one_recall_r']} | recall@{t['k']}"
+    lines = []
+    if result.chosen is not None:
+        cost = result.chosen.scanned
+        lines += [
+            f"At about the chosen cost ({100 * cost:.2f}% scanned), per scheme "
+            f"({result.n_docs} documents, {result.n_queries} queries):",
+            "",
+            f"| scheme | nprobe | {head} | % scanned | bytes/doc |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        by_scheme: dict[str, list[OperatingPoint]] = {}
+        for p in result.points:
+            by_scheme.setdefault(p.factory, []).append(p)
+        for factory, pts in by_scheme.items():
+            p = min(pts, key=lambda p: abs(math.log(max(p.scanned, 1e-9) / max(cost, 1e-9))))
+            lines.append(
+                f"| {_scheme_name(factory)} | {p.nprobe} | {100 * p.one_recall:.2f}% | "
+                f"{_pct(p.recall)} | {100 * p.scanned:.2f}% | {p.code_size} |"
+            )
+        lines.append(f"| Flat (exact) | - | 100.00% | {_pct(result.exact['recall'])} | 100.00% | - |")
+        lines.append("")
+    lines += [
+        f"All points (target: {t['metric']} >= {t['threshold']:.4f}; P = Pareto front, * = chosen; "
+        f"only {t['serving_metric']} points can be served"
+        f"{'' if result.met else ', target NOT met: most accurate point chosen'}):",
+        "",
+        f"| scheme | metric | nlist | nprobe | {head} | % scanned | bytes/doc | µs/query | |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for p in sorted(result.points, key=lambda p: (p.factory, p.nprobe)):
+        mark = (
+            ("P" if p.pareto else "") + ("*" if p.chosen else "") + ("" if p.servable else " (not servable)")
+        )
+        lines.append(
+            f"| {_scheme_name(p.factory)} | {p.metric} | {p.nlist} | {p.nprobe} | "
+            f"{100 * p.one_recall:.2f}% | {_pct(p.recall)} | {100 * p.scanned:.3f}% | "
+            f"{p.code_size} | {p.search_us:.0f} | {mark} |"
+        )
+    lines += [f"| {s['factory']} | skipped: {s['reason']} | | | | | | | | |" for s in result.skipped]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"

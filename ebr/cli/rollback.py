@@ -1,0 +1,29 @@
+"""`ebr rollback VERSION`: serve an earlier published version again."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(name="rollback")
+@click.argument("version")
+def command(version: str) -> None:
+    """Serve VERSION (see `ebr versions`) after checking every file against its manifest.
+
+    The switch is atomic (serving.json is replaced in one rename) and recorded in the registry's
+    serving_events. An unknown or corrupted version is refused and the served version stays as it is.
+    """
+    import duckdb
+
+    from ebr.registry import CorruptVersionError
+    from ebr.steps.publish import UnknownVersionError, rollback
+
+    try:
+        previous = rollback(version)
+    except UnknownVersionError as e:
+        raise click.BadParameter(str(e), param_hint="VERSION") from None
+    except CorruptVersionError as e:
+        raise click.ClickException(f"refusing to serve corrupted version {version}: {e}") from None
+    except (OSError, duckdb.Error) as e:
+        raise click.ClickException(f"rollback to {version} failed, serving unchanged: {e}") from None
+    click.echo(f"serving {version} (was {previous or 'nothing'})")

@@ -1,0 +1,52 @@
+"""`ebr train`: train the text and unified towers on the ingested logs and compare them with the baselines."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import click
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from ebr import home
+from ebr.config import load_config
+from ebr.runs import start_run
+
+
+@click.command(name="train")
+@click.argument("overrides", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
+def command(overrides: tuple[str, ...], as_json: bool) -> None:
+    """Train towers on the logs in $EBR_HOME/ebr.duckdb and evaluate them on held-out sessions.
+
+    OVERRIDES are Hydra overrides, e.g. `model.margin=0.3 train.epochs=2 train.models=[text,unified]`.
+    The latest data.heldout_sessions sessions are held out. Writes runs/<run_id>/report.json, report.md and
+    config.yaml, checkpoints, exported query towers (towers/<model>/) and document embeddings.
+    Models: text, unified, unified_hnm; baselines: incumbent (logged term matching), bm25 (titles).
+    """
+    from ebr.models.features import MissingTableError
+    from ebr.runners import use_runner
+    from ebr.steps.train_eval import train_and_evaluate
+
+    try:
+        cfg = load_config(overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise click.BadParameter(str(exc).splitlines()[0], param_hint="OVERRIDES") from exc
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run = start_run(cfg, "train")
+    try:
+        with use_runner(cfg.runner):  # shards of inference and evaluation: conf/runner/
+            report = train_and_evaluate(cfg, home.db_path(), run.path)
+    except (MissingTableError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    report["run_id"] = run.run_id
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2, default=str))
+        return
+    click.echo(f"run {run.run_id}: {run.path}")
+    for model, per_vertical in report["recall"].items():
+        cells = "  ".join(f"{v}={r['10']:.3f}" for v, r in per_vertical.items())
+        click.echo(f"  recall@10 {model:<12} {cells}")
+    if report["split"]["warning"]:
+        click.echo(f"warning: {report['split']['warning']}")

@@ -1,0 +1,46 @@
+"""`ebr versions`: the published index versions, their gate metrics, and which one is served."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command(name="versions")
+@click.option("--json", "as_json", is_flag=True, help="Print the versions as a JSON list.")
+@click.option(
+    "--verify", is_flag=True, help="Check every file of every version against its manifest's sha256."
+)
+def command(as_json: bool, verify: bool) -> None:
+    """List the published versions of $EBR_HOME, oldest first, with their recall gate metrics.
+
+    The served version is marked `*` (`"served": true` in --json). Each entry has version, created_at,
+    status, served, run_id, gate_passed, gate_reason, gate_metrics ({vertical: {metric, value, floor,
+    published}}) and manifest_path; with --verify also verified (and error when a file does not match).
+    Serve another one with `ebr rollback VERSION`.
+    """
+    import duckdb
+
+    from ebr.steps.publish import list_versions
+
+    try:
+        versions = list_versions(verify=verify)
+    except (OSError, duckdb.Error, ValueError) as e:
+        raise click.ClickException(f"cannot read the version registry: {e}") from None
+    if as_json:
+        click.echo(json.dumps(versions, indent=2))
+        return
+    if not versions:
+        click.echo("no published versions (a retrain that passes the recall gate publishes one)")
+        return
+    for v in versions:
+        metrics = ", ".join(
+            f"{vertical} {m['metric']}={m['value']:.4f}" if m["value"] is not None else f"{vertical} -"
+            for vertical, m in v["gate_metrics"].items()
+        )
+        check = "" if "verified" not in v else ("  verified" if v["verified"] else f"  CORRUPT: {v['error']}")
+        click.echo(
+            f"{'*' if v['served'] else ' '} {v['version']}  {v['created_at'][:19]}  {v['status']}  "
+            f"run {v['run_id']}  {metrics}{check}"
+        )

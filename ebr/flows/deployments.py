@@ -1,0 +1,36 @@
+"""Serve the retrain flow's deployments: `retrain/retrain` (manual) and `retrain/nightly` (paused schedule).
+
+    python -m ebr.flows.deployments     # keeps running; runs what the UI or `prefect deployment run` asks
+
+The deployments' defaults are the flow's; the nightly schedule is created paused (opt in from the UI or with
+`prefect deployment schedule resume`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from prefect import serve
+
+from ebr.flows.retrain import retrain
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m ebr.flows.deployments", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--cron", default="0 2 * * *", help="schedule of retrain/nightly (default: 02:00 daily)"
+    )
+    parser.add_argument("--limit", type=int, default=1, help="flow runs at a time (default 1)")
+    args = parser.parse_args(argv)
+    manual = retrain.to_deployment(
+        name="retrain", description="Retrain on demand: parameters from the UI form or `-p key=value`."
+    )
+    nightly = retrain.to_deployment(
+        name="nightly", cron=args.cron, paused=True, description="Nightly retrain; created paused (opt in)."
+    )
+    serve(manual, nightly, limit=args.limit)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""Prefect flow `retrain`: logs -> ingest -> train -> validated mining -> evaluate -> ensembles and ANN tuning
+-> recall gate -> publication. Steps live in ebr/steps/retrain.py; this module only wires them.
+
+    ebr retrain [HYDRA_OVERRIDES...] [--json]
+    python -m ebr.flows.retrain [HYDRA_OVERRIDES...]          # -m for a Hydra sweep, one flow run per job
+
+Every run writes runs/<run_id>/ (config.yaml, one folder per step, report.json). Re-running with
+`resume=<run_id>` skips the steps that finished.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from prefect import flow, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+
+from ebr import home
+from ebr.config import load_config
+from ebr.ingestion.ingest import ingest_logs
+from ebr.progress import use_progress
+from ebr.registry import atomic_write_text
+from ebr.runners import use_runner
+from ebr.runs import start_run
+from ebr.steps import retrain as steps
+from ebr.steps.gate import GateFailedError, GateResult
+from ebr.steps.resume import run_step
+
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5, "cache_policy": NO_CACHE}
+
+
+@task(name="logs", **IO_RETRIES)
+def logs_task(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    return run_step(run_dir, "logs", lambda out: {"logs_dir": str(steps.world_dir(cfg))})
+
+
+@task(name="ingest", **IO_RETRIES)
+def ingest_task(cfg: DictConfig, run_dir: Path, logs_dir: str, run_id: str) -> dict[str, Any]:
+    def body(out: Path) -> dict[str, Any]:
+        result = ingest_logs(Path(logs_dir), home.db_path(), cfg.ingest, run_id=f"{run_id}-ingest")
+        return result.summary() | {"contracts": result.contracts}
+
+    summary = run_step(run_dir, "ingest", body)
+    create_table_artifact(
+        key="ingest-counts",
+        table=[{"table": t, **c} for t, c in summary["tables"].items()],
+        description=f"Ingestion of {logs_dir}: rows read, loaded, quarantined, skipped",
+    )
+    return summary
+
+
+@task(name="train-towers", timeout_seconds=3600, cache_policy=NO_CACHE)
+def train_task(cfg: DictConfig, run_dir: Path, features: Any) -> dict[str, Any]:
+    summary = run_step(run_dir, "train", lambda out: steps.train_models(cfg, features, out))
+    create_table_artifact(
+        key="training-summary",
+        table=[{"model": m, **_flat(i["training"])} for m, i in summary["models"].items()],
+        description="Towers trained (Lightning): epochs, seconds, triplets/s, final loss, peak RSS",
+    )
+    return summary
+
+
+@task(name="mine-and-train", timeout_seconds=3600, cache_policy=NO_CACHE)
+def mine_task(cfg: DictConfig, run_dir: Path, features: Any, run_id: str) -> dict[str, Any]:
+    summary = run_step(
+        run_dir, "mine", lambda out: steps.mine_and_train(cfg, home.db_path(), features, out, run_id)
+    )
+    create_table_artifact(
+        key="mined-tables",
+        table=summary["tables"],
+        description="Validated mined tables per round: realised counts and easy:hard ratio",
+    )
+    return summary
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(cfg: DictConfig, run_dir: Path, features: Any, models: dict[str, Any]) -> dict[str, Any]:
+    report = run_step(run_dir, "evaluate", lambda out: steps.evaluate_models(cfg, features, models, out))
+    create_table_artifact(
+        key="recall-table",
+        table=[
+            {"model": m, "vertical": v, **{f"recall@{k}": round(r, 4) for k, r in per_k.items()}}
+            for m, per_v in report["recall"].items()
+            for v, per_k in per_v.items()
+        ],
+        description="recall@K on held-out sessions (clicked documents as targets), exact KNN",
+    )
+    return report
+
+
+@task(name="ensembles-and-ann", cache_policy=NO_CACHE)
+def ensemble_task(cfg: DictConfig, run_dir: Path, features: Any, models: dict[str, Any]) -> dict[str, Any]:
+    summary = run_step(
+        run_dir, "ensembles", lambda out: steps.ensembles_and_index(cfg, features, models, out)
+    )
+    create_markdown_artifact(
+        key="ann-operating-points",
+        markdown="\n\n".join(
+            [f"## Retrievers (validation half)\n\n{(run_dir / 'ensembles' / 'ensembles.md').read_text()}"]
+            + [f"## ANN tuning of `{k}`\n\n{p['table3']}" for k, p in summary["operating_points"].items()]
+        ),
+        description=f"Ensembles, cascades and ANN operating points; served: {summary['served']}",
+    )
+    return summary
+
+
+@task(name="recall-gate", cache_policy=NO_CACHE)
+def gate_task(cfg: DictConfig, run_dir: Path, features: Any, models: dict, ensembles: dict) -> GateResult:
+    out = run_dir / "gate"
+    out.mkdir(parents=True, exist_ok=True)
+    retriever = steps.candidate_retriever(features, models, ensembles, run_dir / "ensembles")
+    result = steps.gate(cfg, home.db_path(), features, retriever, out)
+    create_markdown_artifact(key="recall-gate", markdown=result.markdown(), description=result.reason)
+    return result
+
+
+@task(name="publish", **IO_RETRIES)
+def publish_task(
+    cfg: DictConfig,
+    run_dir: Path,
+    features: Any,
+    models: dict,
+    ensembles: dict,
+    gate: GateResult,
+    run_id: str,
+) -> str:
+    retriever = steps.candidate_retriever(features, models, ensembles, run_dir / "ensembles")
+    version = steps.publish(cfg, home.db_path(), retriever, models, ensembles, gate, gate.metrics(), run_id)
+    create_markdown_artifact(
+        key="publication", markdown=f"Published **{version}** (now served)\n\n{gate.reason}"
+    )
+    return version
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    scale: Literal["tiny", "small", "large"] | None = None,
+    logs_dir: str | None = None,
+    margin: float | None = None,
+    easy_hard_ratio: float | None = None,
+    epochs: int | None = None,
+    gate_floor: float | None = None,
+    publish: bool = True,
+    resume: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Retrain the towers on the logs and publish a new index version if the recall gate passes.
+
+    scale: the simulated world used when logs_dir is empty (None: the config's data.scale, small).
+    logs_dir: a folder of your log tables. margin: triplet margin (model.margin).
+    easy_hard_ratio: mining.easy_hard_ratio. epochs: train.epochs.
+    gate_floor: the recall floor of every vertical. publish: publish when the gate passes.
+    resume: a run id to resume from its last finished step. overrides: any Hydra overrides (key=value).
+    """
+    params = parameter_overrides(scale, logs_dir, margin, easy_hard_ratio, epochs, gate_floor)
+    cfg = load_config(params + list(overrides or []))
+    return run_retrain(cfg, publish=publish, run_id=resume)
+
+
+def parameter_overrides(
+    scale: str | None,
+    logs_dir: str | None,
+    margin: float | None,
+    easy_hard_ratio: float | None,
+    epochs: int | None,
+    gate_floor: float | None,
+) -> list[str]:
+    """The flow's typed parameters as Hydra overrides (None leaves the config's default)."""
+    out = [f"data.scale={scale}"] if scale else []
+    if logs_dir:
+        out.append(f"data.logs_dir={logs_dir}")
+    for key, value in (
+        ("model.margin", margin),
+        ("mining.easy_hard_ratio", easy_hard_ratio),
+        ("train.epochs", epochs),
+    ):
+        if value is not None:
+            out.append(f"{key}={value}")
+    if gate_floor is not None:
+        out += [f"gate.verticals.{v}.floor={gate_floor}" for v in ("people", "groups", "events")]
+    return out
+
+
+def run_retrain(cfg: DictConfig, publish: bool = True, run_id: str | None = None) -> dict[str, Any]:
+    """The retrain steps in order; returns (and writes) the run's report. The Hydra key `publish=false`
+    also stops publication (`ebr retrain publish=false` as `--no-publish`)."""
+    publish = publish and cfg.publish is not False
+    run = start_run(cfg, "retrain", run_id)
+    create_markdown_artifact(
+        key="resolved-config", markdown=f"```yaml\n{OmegaConf.to_yaml(cfg)}```", description=run.run_id
+    )
+    print(f"run {run.run_id}: {run.path}")
+    report: dict[str, Any] = {"run_id": run.run_id, "run_dir": str(run.path), "published_version": None}
+    report["runner"] = str(cfg.runner.kind)
+    # batch-step shards: threads here, or a Dask cluster (conf/runner/); long work reports its progress
+    with use_runner(cfg.runner), use_progress(ProgressArtifacts()):
+        logs = logs_task(cfg, run.path)
+        report["ingest"] = ingest_task(cfg, run.path, logs["logs_dir"], run.run_id)
+        features = steps.features_for(cfg, home.db_path())
+        report["split"] = features.split.summary()
+        trained = train_task(cfg, run.path, features)
+        mined = mine_task(cfg, run.path, features, run.run_id)
+        models = steps.all_models(trained, mined)
+        report["training"] = {m: i["training"] for m, i in models.items() if "training" in i}
+        report["mining"] = mined["tables"]
+        evaluation = evaluate_task(cfg, run.path, features, models)
+        report["recall"] = evaluation["recall"]
+        report["recall_intent"] = evaluation.get("recall_intent")
+        ensembles = ensemble_task(cfg, run.path, features, models)
+        report["ensembles"] = ensembles["table"]
+        report["ann_operating_points"] = {k: p["chosen"] for k, p in ensembles["operating_points"].items()}
+        report["ann_tables"] = {k: p["table3"] for k, p in ensembles["operating_points"].items()}
+        report["served_retriever"] = ensembles["served"]
+        gate = gate_task(cfg, run.path, features, models, ensembles)
+    report["gate"] = {"passed": gate.passed, "reason": gate.reason, "checks": gate.to_dict()["checks"]}
+    try:
+        if not gate.passed:
+            error = GateFailedError(gate.reason)
+            error.report = report  # the CLI prints it; the flow run fails with the gate's one-line reason
+            raise error
+        if publish:
+            report["published_version"] = publish_task(
+                cfg, run.path, features, models, ensembles, gate, run.run_id
+            )
+        else:
+            create_markdown_artifact(
+                key="publication",
+                markdown="Nothing published: publish=False (a sweep job, --no-publish or publish=false)",
+            )
+    finally:
+        report["config"] = OmegaConf.to_container(cfg, resolve=True)
+        atomic_write_text(run.path / "report.json", json.dumps(report, indent=2, default=str))
+    print(f"report: {run.path / 'report.json'}")
+    return report
+
+
+class ProgressArtifacts:
+    """Progress reports (ebr/progress.py) as Prefect progress artifacts, one per piece of work (key
+    `progress-<what>`), updated when they move by a percent or more (back to the start, too: a repeated
+    piece of work, such as a later mining round's training, reuses its artifact)."""
+
+    def __init__(self) -> None:
+        self.artifacts: dict[str, tuple[Any, float]] = {}
+
+    def __call__(self, what: str, fraction: float) -> None:
+        percent = round(100 * fraction, 1)
+        if what not in self.artifacts:
+            key = "progress-" + re.sub(r"[^a-z0-9]+", "-", what.lower()).strip("-")
+            self.artifacts[what] = (create_progress_artifact(percent, key=key, description=what), percent)
+            return
+        artifact, last = self.artifacts[what]
+        if abs(percent - last) >= 1 or (percent == 100 and last < 100):
+            update_progress_artifact(artifact, percent)
+            self.artifacts[what] = (artifact, percent)
+
+
+def _flat(stats: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in stats.items() if not isinstance(v, (dict, list))}
+
+
+@hydra.main(config_path="../../conf", config_name="retrain", version_base="1.3")
+def main(cfg: DictConfig) -> dict[str, Any] | float:
+    """Hydra entry point: each job of a sweep (-m) is one flow run. Sweep jobs publish nothing unless
+    `publish=true` is given; a single run publishes unless `publish=false`. Writes the run's report to the
+    job's output folder (read by the sweep's comparison callback, ebr/flows/sweep.py) and returns it, or with
+    `optimized_metric` set (an Optuna sweep, hparams_search=optuna) the value at that path of the report."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    publish = cfg.publish if cfg.publish is not None else hydra_cfg.mode != RunMode.MULTIRUN
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("publish=")]
+    try:
+        report = retrain(publish=bool(publish), overrides=overrides)
+    except GateFailedError as exc:
+        report = exc.report
+    atomic_write_text(Path(hydra_cfg.runtime.output_dir) / "report.json", json.dumps(report, default=str))
+    return report_metric(report, cfg.optimized_metric) if cfg.optimized_metric else report
+
+
+def report_metric(report: dict[str, Any], path: str) -> float:
+    """The number at a dotted path of a report, e.g. `recall.unified_ohnm.all.10`."""
+    value: Any = report
+    for key in str(path).split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise KeyError(f"optimized_metric: {path!r} is not in the run's report (no {key!r})")
+        value = value[key]
+    return float(value)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Towers: feature embeddings -> concatenation -> MLP -> d dimensions -> L2 normalisation.
+
+The text tower reads text features only; the unified tower adds location, social and context features.
+Query and document towers are separate networks by default; `share` makes the text tower one network for
+both sides, and makes the unified towers share their text embedding tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ebr.models.fields import n_rows, take, to_tensors
+
+BAG, CAT, DENSE = "bag", "cat", "dense"
+
+QUERY_KINDS = {
+    "text_trigrams": BAG,
+    "text_words": BAG,
+    "city": CAT,
+    "region": CAT,
+    "country": CAT,
+    "language": CAT,
+    "home_city": CAT,
+    "social": DENSE,
+    "social_clusters": BAG,
+}
+DOCUMENT_KINDS = {
+    "text_trigrams": BAG,
+    "text_words": BAG,
+    "host_trigrams": BAG,
+    "vertical": CAT,
+    "city": CAT,
+    "region": CAT,
+    "country": CAT,
+    "member_cities": BAG,
+    "social": DENSE,
+    "social_clusters": BAG,
+    "popularity": DENSE,
+}
+TEXT_FIELDS = ("text_trigrams", "text_words")
+SOCIAL_FIELDS = ("social", "social_clusters")
+MEMBER_FIELDS = ("member_cities",)
+TOWER_KINDS = ("text", "unified")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: str  # bag | cat | dense
+    size: int  # hash buckets, vocabulary size (OOV included) or input dimension
+    table: str | None = None  # reuse the embedding table of this field on the same side
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """A sub-tower over fields both sides have (text, location, social): `dim` outputs."""
+
+    name: str
+    fields: tuple[str, ...]
+    dim: int
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    fields: tuple[FieldSpec, ...]
+    embedding_dim: int
+    hidden_dims: tuple[int, ...]
+    output_dim: int
+    groups: tuple[GroupSpec, ...] = ()  # outputs first; the rest from the MLP over all fields
+
+    @property
+    def free_dim(self) -> int:
+        return self.output_dim - sum(g.dim for g in self.groups)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "fields": [asdict(f) for f in self.fields],
+            "groups": [{**asdict(g), "fields": list(g.fields)} for g in self.groups],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TowerSpec:
+        return cls(
+            tuple(FieldSpec(**f) for f in data["fields"]),
+            int(data["embedding_dim"]),
+            tuple(int(h) for h in data["hidden_dims"]),
+            int(data["output_dim"]),
+            tuple(GroupSpec(g["name"], tuple(g["fields"]), int(g["dim"])) for g in data["groups"]),
+        )
+
+
+def field_specs(
+    names: Sequence[str], kinds: Mapping[str, str], sizes: Mapping[str, int]
+) -> tuple[FieldSpec, ...]:
+    """Specs of the named fields; the host group's title shares the trigram table."""
+    specs = []
+    for name in names:
+        table = "text_trigrams" if name == "host_trigrams" and "text_trigrams" in names else None
+        specs.append(FieldSpec(name, kinds[name], int(sizes[name]), table))
+    return tuple(specs)
+
+
+def _mlp(width: int, hidden_dims: Sequence[int], output_dim: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for hidden in hidden_dims:
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, output_dim))
+    return nn.Sequential(*layers)
+
+
+class Tower(nn.Module):
+    """One side's encoder: feature embeddings -> concatenation -> MLP -> output_dim -> L2 normalisation.
+
+    Bags use nn.EmbeddingBag(mode="sum") with per-sample weights; categorical fields nn.Embedding (id 0 =
+    out of vocabulary); dense fields a linear projection. The output concatenates the groups' sub-towers (an
+    MLP over the group's fields each) and an MLP over all fields (free_dim outputs). With `shared`, the
+    groups' embedding tables and sub-towers are those of another tower (the two sides are then siamese on
+    the groups' fields: identical inputs give identical group outputs)."""
+
+    def __init__(self, spec: TowerSpec, shared: Tower | None = None) -> None:
+        super().__init__()
+        if spec.free_dim < 0:
+            raise ValueError(f"group dims exceed output_dim={spec.output_dim}")
+        self.spec = spec
+        dim = spec.embedding_dim
+        names = {f.name for f in spec.fields}
+        grouped = {n for g in spec.groups for n in g.fields}
+        if not grouped <= names:
+            raise ValueError(f"group fields {sorted(grouped - names)} are not fields of the tower")
+        self.tables = nn.ModuleDict()
+        for f in spec.fields:
+            if f.table is not None:
+                continue
+            if shared is not None and f.name in grouped:
+                self.tables[f.name] = shared.tables[f.name]
+            elif f.kind == BAG:
+                self.tables[f.name] = nn.EmbeddingBag(f.size, dim, mode="sum", sparse=True)
+                nn.init.normal_(self.tables[f.name].weight, std=0.1)
+            elif f.kind == CAT:
+                self.tables[f.name] = nn.Embedding(f.size, dim, sparse=True)
+                nn.init.normal_(self.tables[f.name].weight, std=0.1)
+            elif f.kind == DENSE:
+                self.tables[f.name] = nn.Linear(f.size, dim)
+            else:
+                raise ValueError(f"field {f.name}: unknown kind {f.kind!r}")
+        self.groups = nn.ModuleDict(
+            {
+                g.name: shared.groups[g.name]
+                if shared
+                else _mlp(dim * len(g.fields), spec.hidden_dims, g.dim)
+                for g in spec.groups
+            }
+        )
+        if spec.free_dim:
+            self.mlp = _mlp(dim * len(spec.fields), spec.hidden_dims, spec.free_dim)
+
+    def forward(self, inputs: Mapping[str, Any]) -> torch.Tensor:
+        parts = {}
+        for f in self.spec.fields:
+            table = self.tables[f.table or f.name]
+            x = inputs[f.name]
+            if f.kind == BAG:
+                ids, offsets, weights = x
+                parts[f.name] = table(ids, offsets, per_sample_weights=weights)
+            else:
+                parts[f.name] = table(x)
+        outputs = [
+            self.groups[g.name](torch.cat([parts[n] for n in g.fields], dim=1)) for g in self.spec.groups
+        ]
+        if self.spec.free_dim:
+            outputs.append(self.mlp(torch.cat(list(parts.values()), dim=1)))
+        return F.normalize(torch.cat(outputs, dim=1), dim=1)
+
+
+class TwoTower(nn.Module):
+    """Query and document towers; similarity is the cosine of their outputs (a dot product).
+
+    Separate networks unless `share`: then identical specs make one network for both sides, and different
+    specs share the groups' embedding tables and sub-towers."""
+
+    def __init__(self, query: TowerSpec, document: TowerSpec, share: bool) -> None:
+        super().__init__()
+        self.query_tower = Tower(query)
+        if share and query == document:
+            self.document_tower = self.query_tower
+        else:
+            self.document_tower = Tower(document, self.query_tower if share else None)
+
+
+@torch.no_grad()
+def encode(tower: Tower, fields: Mapping[str, Any], batch_size: int = 4096) -> np.ndarray:
+    """float32 L2-normalised embeddings of every row of `fields` (the tower's fields only), in batches."""
+    columns = {f.name: fields[f.name] for f in tower.spec.fields}
+    total = n_rows(columns)
+    device = next(tower.parameters()).device
+    was_training = tower.training
+    tower.eval()
+    out = np.zeros((total, tower.spec.output_dim), np.float32)
+    for start in range(0, total, batch_size):
+        rows = np.arange(start, min(start + batch_size, total))
+        inputs = _to_device(to_tensors(take(columns, rows)), device)
+        out[rows] = tower(inputs).float().cpu().numpy()
+    tower.train(was_training)
+    return out
+
+
+def _to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        k: tuple(t.to(device) for t in v) if isinstance(v, tuple) else v.to(device) for k, v in inputs.items()
+    }

@@ -1,0 +1,95 @@
+"""Build the engine index of a published version: terms from documents.parquet, nn fields from faiss/.
+
+For every key with a trained index `faiss/<key>.faiss`, the documents' embeddings `embeddings/<key>.npy` are
+quantised again by that index's trained quantisers (same codes, deterministic) under the engine's internal
+ids (row numbers of doc_ids.npy), with a hashtable direct map so realtime updates can remove them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+
+from ebr.retrieval.index import EngineIndex, TermsInput
+from ebr.retrieval.quantized import NNField
+
+log = logging.getLogger(__name__)
+
+ADD_BLOCK = 65_536
+
+
+def build_index(
+    doc_ids: np.ndarray,
+    doc_terms: Sequence[TermsInput],
+    embeddings: Mapping[str, np.ndarray],
+    trained: Mapping[str, faiss.Index],
+) -> EngineIndex:
+    """An in-memory engine index: internal id = row; `doc_terms` as `EngineIndex.from_documents` takes them
+    (with payloads or not); `trained[key]` quantises `embeddings[key]`."""
+    doc_ids = np.asarray(doc_ids, dtype=np.int64)
+    fields = {}
+    for key in sorted(trained):
+        if key not in embeddings:
+            raise ValueError(f"embedding key {key!r} has a faiss index but no embeddings")
+        matrix = embeddings[key]
+        if matrix.ndim != 2 or len(matrix) != len(doc_ids):
+            raise ValueError(f"embeddings[{key!r}] has shape {matrix.shape} for {len(doc_ids)} doc ids")
+        nn_field = NNField.empty_like(key, trained[key])
+        if matrix.shape[1] != nn_field.d:
+            raise ValueError(f"embeddings[{key!r}] has {matrix.shape[1]} dimensions, its index {nn_field.d}")
+        for start in range(0, len(doc_ids), ADD_BLOCK):
+            block = np.ascontiguousarray(matrix[start : start + ADD_BLOCK], dtype=np.float32)
+            if not np.all(np.isfinite(block)):
+                raise ValueError(f"embeddings[{key!r}] has NaN or infinite values near row {start}")
+            nn_field.add(np.arange(start, start + len(block), dtype=np.int64), block)
+        fields[key] = nn_field
+    return EngineIndex.from_documents(doc_ids, doc_terms, fields)
+
+
+def read_document_terms(path: Path, doc_ids: np.ndarray) -> list[list[str]]:
+    """The `terms` column of documents.parquet in the order of `doc_ids` (a missing document is an error)."""
+    table = pq.read_table(path, columns=["doc_id", "terms"])
+    by_id = dict(zip(table.column("doc_id").to_pylist(), table.column("terms").to_pylist(), strict=True))
+    rows = []
+    for doc_id in doc_ids.tolist():
+        if doc_id not in by_id:
+            raise ValueError(f"{path}: doc_id {doc_id} of doc_ids.npy has no row")
+        rows.append(list(by_id[doc_id] or []))
+    return rows
+
+
+def build_engine(engine_dir: Path) -> Path:
+    """Write the engine index of the version folder `engine_dir.parent` into `engine_dir` (empty or new).
+
+    This is the `build_engine` hook of the publication step, called on the staging folder before the
+    manifest is written.
+    """
+    started = time.perf_counter()
+    version_dir = engine_dir.parent
+    doc_ids = np.load(version_dir / "doc_ids.npy")
+    doc_terms = read_document_terms(version_dir / "documents.parquet", doc_ids)
+    trained = {p.stem: faiss.read_index(str(p)) for p in sorted((version_dir / "faiss").glob("*.faiss"))}
+    embeddings = {
+        key: np.load(version_dir / "embeddings" / f"{key}.npy", mmap_mode="r")
+        for key in trained
+        if (version_dir / "embeddings" / f"{key}.npy").is_file()
+    }
+    index = build_index(doc_ids, doc_terms, embeddings, trained)
+    engine_dir.mkdir(parents=True, exist_ok=True)
+    if any(engine_dir.iterdir()):
+        raise FileExistsError(f"{engine_dir}: not empty; an engine folder is written once")
+    index.save(engine_dir)
+    log.info(
+        "engine index: %d documents, %d terms, keys %s in %.1fs",
+        index.live_count,
+        len(index.terms),
+        sorted(index.fields),
+        time.perf_counter() - started,
+    )
+    return engine_dir

@@ -1,0 +1,174 @@
+"""A brute-force evaluator of the query language, the ground truth of the engine's tests.
+
+It reads the same quantised data as the engine (each document's cluster and its code, decoded with faiss's
+`sa_decode`) but shares none of its evaluation: every document is tested against every node with Python
+sets and float64 numpy. Its nn picks the nprobe nearest centroids by a dense product with all centroids
+and scores every document of those clusters. Documents are plain dicts term -> payload (None: no payload);
+payloads and term bounds are compared as float32, as the index stores them.
+
+Scores from the engine (faiss look-up-table sums in float32) and from here (float64 dot products of decoded
+vectors) agree to about 1e-6. `EPSILON` is the tolerance of the tests: a result is *ambiguous* when a
+score sits within EPSILON of a radius threshold or of the K-th score of a top-K, or two centroids tie within
+EPSILON at the nprobe boundary; set equality is required only for results that are not ambiguous.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from ebr.retrieval.index import CLUSTER_FIELD_PREFIX, EngineIndex
+from ebr.retrieval.quantized import NNField, coarse_lists
+from ebr.retrieval.query import NN, And, Node, Not, Or, Term, nn_nodes, scored_terms
+
+EPSILON = 1e-4
+
+
+@dataclass
+class QuantisedKey:
+    """Brute-force view of one embedding key: every document's cluster and decoded vector."""
+
+    field: NNField
+    doc_ids: np.ndarray  # external ids of the documents with an embedding under this key
+    lists: np.ndarray  # their cluster
+    decoded: np.ndarray  # float64, quantised vectors in the IVF's space
+    centroids: np.ndarray  # float64 (nlist, d_ivf)
+
+    def query(self, vector: np.ndarray) -> np.ndarray:
+        return self.field.to_ivf_space(vector)[0].astype(np.float64)
+
+
+def quantised_view(index: EngineIndex, key: str) -> QuantisedKey:
+    """Read every code of `key` out of the faiss inverted lists and decode it."""
+    nn_field = index.fields[key]
+    internal, codes = nn_field.all_entries()
+    decoded = nn_field.ivf.sa_decode(codes) if len(codes) else np.empty((0, nn_field.ivf.d), np.float32)
+    lists = coarse_lists(codes, nn_field.ivf.coarse_code_size())
+    quantizer = faiss.downcast_index(nn_field.ivf.quantizer)
+    centroids = (
+        quantizer.reconstruct_n(0, quantizer.ntotal) if isinstance(quantizer, faiss.IndexFlat) else None
+    )
+    if centroids is None:
+        raise NotImplementedError("the reference evaluator needs a flat coarse quantiser")
+    return QuantisedKey(
+        nn_field, index.doc_ids[internal], lists, decoded.astype(np.float64), centroids.astype(np.float64)
+    )
+
+
+@dataclass
+class ReferenceResult:
+    scores: dict[int, float | None]  # doc id -> score of every matching document
+    ambiguous: bool
+
+
+Docs = Mapping[int, Mapping[str, float | None]]  # doc id -> its terms -> payload (None: none)
+
+
+def _in_bounds(payload: float | None, node: Term) -> bool:
+    if payload is None:
+        return not node.bounded
+    value = np.float32(payload)
+    return (node.low is None or value >= np.float32(node.low)) and (
+        node.high is None or value <= np.float32(node.high)
+    )
+
+
+class _Evaluator:
+    def __init__(
+        self,
+        docs: Docs,
+        keys: Mapping[str, QuantisedKey],
+        vectors: Mapping[str, np.ndarray],
+    ):
+        self.docs = docs
+        self.all = set(docs)
+        self.keys = keys
+        self.vectors = vectors
+        self.ambiguous = False
+
+    def eval(self, node: Node) -> set[int]:
+        if isinstance(node, Term):
+            held = {
+                d
+                for d, terms in self.docs.items()
+                if node.term in terms and _in_bounds(terms[node.term], node)
+            }
+            return held if node.bounded else held | self.cluster_term(node.term)
+        if isinstance(node, And):
+            out = set(self.all)
+            for child in node.children:
+                out &= self.eval(child)
+            return out
+        if isinstance(node, Or):
+            out: set[int] = set()
+            for child in node.children:
+                out |= self.eval(child)
+            return out
+        if isinstance(node, Not):
+            return self.all - self.eval(node.child)
+        if isinstance(node, NN):
+            return self.nn(node)
+        raise TypeError(f"cannot evaluate {node!r}")
+
+    def cluster_term(self, term: str) -> set[int]:
+        fieldname, _, value = term.partition(":")
+        key = fieldname[len(CLUSTER_FIELD_PREFIX) :]
+        views = [v for k, v in self.keys.items() if k.casefold() == key]
+        if not fieldname.startswith(CLUSTER_FIELD_PREFIX) or not views or not value.isdigit():
+            return set()
+        view = views[0]
+        return {int(d) for d in view.doc_ids[view.lists == int(value)]} & self.all
+
+    def scores(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        view = self.keys[key]
+        return view.doc_ids, view.decoded @ view.query(self.vectors[key])
+
+    def nn(self, node: NN) -> set[int]:
+        view = self.keys[node.key]
+        centroid_scores = view.centroids @ view.query(self.vectors[node.key])
+        nprobe = min(node.nprobe, len(centroid_scores))
+        ranked = np.sort(centroid_scores)[::-1]
+        if nprobe < len(ranked) and ranked[nprobe - 1] - ranked[nprobe] < EPSILON:
+            self.ambiguous = True
+        probed = np.argsort(-centroid_scores, kind="stable")[:nprobe]
+        doc_ids, scores = self.scores(node.key)
+        in_lists = np.isin(view.lists, probed)
+        doc_ids, scores = doc_ids[in_lists], scores[in_lists]
+        if node.radius is not None:
+            threshold = 1.0 - node.radius
+            if np.any(np.abs(scores - threshold) < EPSILON):
+                self.ambiguous = True
+            return {int(d) for d in doc_ids[scores >= threshold]}
+        ranking = np.argsort(-scores, kind="stable")
+        if len(ranking) > node.k and scores[ranking[node.k - 1]] - scores[ranking[node.k]] < EPSILON:
+            self.ambiguous = True
+        return {int(d) for d in doc_ids[ranking[: node.k]]}
+
+
+def evaluate(
+    root: Node,
+    docs: Docs,
+    keys: Mapping[str, QuantisedKey],
+    vectors: Mapping[str, np.ndarray],
+) -> ReferenceResult:
+    """The matching documents of `root` with their scores (best over the expression's nn keys and the
+    payloads of its `:score` terms)."""
+    evaluator = _Evaluator(docs, keys, vectors)
+    matches = evaluator.eval(root)
+    scores: dict[int, float | None] = dict.fromkeys(matches)
+    for key in sorted({n.key for n in nn_nodes(root)}):
+        doc_ids, key_scores = evaluator.scores(key)
+        for d, s in zip(doc_ids.tolist(), key_scores.tolist(), strict=True):
+            if d in scores:
+                best = scores[d]
+                scores[d] = s if best is None else max(best, s)
+    for term in scored_terms(root):
+        for d in matches:
+            payload = docs[d].get(term)
+            if payload is not None:
+                best, value = scores[d], float(np.float32(payload))
+                scores[d] = value if best is None else max(best, value)
+    return ReferenceResult(scores, evaluator.ambiguous)

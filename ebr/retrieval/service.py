@@ -1,0 +1,332 @@
+"""Serving one published version: requests -> expression + query embeddings -> engine -> results.
+
+`SearchService` binds a version folder to its engine (base index + realtime state under
+`$EBR_HOME/engine/<version>/`), its query towers (loaded on first use) and the configured expression
+templates. `HotSwapper` holds the service of the served version and replaces it when serving.json names a new
+version: the new one is loaded completely first, then the reference is swapped; requests in flight finish on
+the old one, which is closed when its last request ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ebr import home, registry
+from ebr.retrieval.config import EngineConfig
+from ebr.retrieval.executor import ORDERS, ExecutionError, Hits, check_executable
+from ebr.retrieval.index import unit_vector
+from ebr.retrieval.query import Node, QueryError, expand_text, nn_nodes, parse_cached
+from ebr.retrieval.store import Engine, EngineLockedError
+
+log = logging.getLogger(__name__)
+
+
+class SearchError(ValueError):
+    """A request that cannot be served; `status` is its HTTP status, `position` the query offset if any."""
+
+    def __init__(self, message: str, status: int = 400, position: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.position = position
+
+
+@dataclass
+class SearchRequest:
+    expr: str | None = None  # an expression; None: the template of `vertical`
+    vertical: str | None = None
+    query_text: str | None = None
+    searcher_id: int | None = None
+    context: Mapping[str, str | None] = field(default_factory=dict)  # city, region, country, language
+    vector: Sequence[float] | Mapping[str, Sequence[float]] | None = None  # explicit query embedding(s)
+    limit: int | None = None
+    order: str | None = None
+
+
+@dataclass
+class SearchResponse:
+    version: str
+    expr: str  # the expression that ran (template filled, $text expanded)
+    hits: Hits
+    took_ms: float
+
+    def to_dict(self, explain: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "version": self.version,
+            "expr": self.expr,
+            "total": self.hits.total,
+            "took_ms": round(self.took_ms, 3),
+            "results": self.hits.as_dicts(),
+        }
+        if explain:
+            out["nn"] = [vars(s) for s in self.hits.nn]
+        return out
+
+
+def state_dir(version: str) -> Path:
+    """Where the realtime state (log, snapshots) of a served version lives; never inside the version."""
+    return home.home() / "engine" / version
+
+
+class SearchService:
+    """One version's engine, query towers and templates."""
+
+    def __init__(self, version_dir: Path, engine: Engine, config: EngineConfig, manifest: Mapping[str, Any]):
+        self.version_dir = version_dir
+        self.version = str(manifest.get("version", version_dir.name))
+        self.engine = engine
+        self.config = config
+        self.manifest = manifest
+        self._encoders: dict[str, Any] = {}
+        self._encoder_lock = threading.Lock()
+        self._inflight = 0
+        self._retired = False
+        self._state_lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls, version_dir: Path, config: EngineConfig, writable: bool, verify: bool = True, warm: bool = False
+    ) -> SearchService:
+        """Open a version folder; `verify` checks every file against the manifest first, `warm` loads the
+        query towers now rather than on first use (a server does, so that no request pays for it)."""
+        manifest = (
+            registry.verify_version(version_dir)
+            if verify
+            else json.loads((version_dir / registry.MANIFEST).read_text())
+        )
+        engine_dir = version_dir / "engine"
+        if not (engine_dir / "meta.json").is_file():
+            raise SearchError(f"{engine_dir}: this version has no engine index", status=503)
+        version = str(manifest.get("version", version_dir.name))
+        engine = Engine.open(engine_dir, state_dir(version), config.store, writable=writable)
+        service = cls(version_dir, engine, config, manifest)
+        if warm:
+            for tower in sorted((version_dir / "towers").glob("*/config.json")):
+                service._encoder(tower.parent.name)
+        return service
+
+    @classmethod
+    def open_served(cls, config: EngineConfig, writable: bool) -> SearchService:
+        """The service of the version serving.json names (checksums verified)."""
+        try:
+            version_dir = registry.served_version_dir(verify=False)
+        except registry.NoServedVersionError as exc:
+            raise SearchError(str(exc), status=503) from exc
+        return cls.open(version_dir, config, writable)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # ----- in-flight accounting for hot reload
+    def acquire(self) -> None:
+        with self._state_lock:
+            self._inflight += 1
+
+    def release(self) -> None:
+        with self._state_lock:
+            self._inflight -= 1
+            close = self._retired and self._inflight == 0
+        if close:
+            self.close()
+
+    def retire(self) -> None:
+        """Close once the requests in flight are done (now if there are none)."""
+        with self._state_lock:
+            self._retired = True
+            close = self._inflight == 0
+        if close:
+            self.close()
+
+    # ----- requests
+    @property
+    def index_key(self) -> str | None:
+        """The nn key of the served retriever (its ANN index), or the only key of the engine."""
+        spec = (self.manifest.get("retriever") or {}).get("spec") or {}
+        if spec:
+            return spec["name"] if spec.get("kind") == "ensemble" else spec["keys"][0]
+        keys = sorted(self.engine.index.fields)
+        return keys[0] if len(keys) == 1 else None
+
+    def expression(self, request: SearchRequest) -> Node:
+        """The parsed expression of a request: its own, or its vertical's template, with $text expanded."""
+        text = request.expr
+        if text is None:
+            vertical = request.vertical or self.config.default_vertical
+            if vertical not in self.config.templates:
+                raise SearchError(
+                    f"vertical {vertical!r} has no default expression "
+                    f"(configured: {sorted(self.config.templates)}); give an expression"
+                )
+            text = self.config.templates[vertical]
+            if "{key}" in text:
+                if self.index_key is None:
+                    raise SearchError("the template needs {key} but this version names no retriever key")
+                text = text.replace("{key}", self.index_key)
+        try:
+            root = expand_text(parse_cached(text, self.config.limits), request.query_text)
+            check_executable(self.engine.index, root)
+        except (QueryError, ExecutionError) as exc:
+            raise SearchError(f"expression: {exc}", position=exc.position) from exc
+        return root
+
+    def query_vectors(self, root: Node, request: SearchRequest) -> dict[str, np.ndarray]:
+        """A unit query embedding for every nn key of the expression: given explicitly, or from the towers."""
+        keys = sorted({n.key for n in nn_nodes(root)})
+        vectors: dict[str, np.ndarray] = {}
+        for key in keys:
+            d = self.engine.index.fields[key].d
+            given = request.vector.get(key) if isinstance(request.vector, Mapping) else request.vector
+            if given is not None:
+                vectors[key] = unit_vector(given, d, f"vector for nn key {key!r}", SearchError)
+                continue
+            if request.query_text is None and request.searcher_id is None:
+                raise SearchError(
+                    f"(nn {key} ...) needs a query embedding: give query text, a searcher or a vector"
+                )
+            vectors[key] = unit_vector(
+                self._encode(key, request), d, f"query embedding of {key!r}", SearchError
+            )
+        return vectors
+
+    def _encode(self, key: str, request: SearchRequest) -> np.ndarray:
+        from ebr.models.export import QueryInput  # the towers' format is owned by ebr/models/
+
+        context = request.context or {}
+        query = QueryInput(
+            query_text=request.query_text or "",
+            user_id=request.searcher_id,
+            city=context.get("city"),
+            region=context.get("region"),
+            country=context.get("country"),
+            language=context.get("language"),
+        )
+        if (self.version_dir / "towers" / key).is_dir():
+            return self._encoder(key).encode([query])[0]
+        spec = (self.manifest.get("retriever") or {}).get("spec") or {}
+        if spec.get("kind") == "ensemble" and spec.get("name") == key:
+            from ebr.retrieval.retrievers import RetrieverSpec, index_queries
+
+            ensemble = RetrieverSpec.from_dict(spec)
+            parts = {k: self._encoder(k).encode([query]) for k in ensemble.keys}
+            return index_queries(ensemble, parts)[0]
+        raise SearchError(f"nn key {key!r} has no query tower in version {self.version}: pass a vector")
+
+    def _encoder(self, key: str) -> Any:
+        with self._encoder_lock:
+            if key not in self._encoders:
+                from ebr.models.export import load_query_encoder
+
+                self._encoders[key] = load_query_encoder(self.version_dir / "towers" / key)
+            return self._encoders[key]
+
+    def search(self, request: SearchRequest, timeout_s: float | None = None) -> SearchResponse:
+        started = time.monotonic()
+        limit = self.config.default_limit if request.limit is None else request.limit
+        if not 1 <= limit <= self.config.max_limit:
+            raise SearchError(f"limit must be between 1 and {self.config.max_limit}, got {limit}")
+        order = request.order or self.config.order
+        if order not in ORDERS:
+            raise SearchError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+        root = self.expression(request)
+        vectors = self.query_vectors(root, request)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s  # for the engine's work
+        hits = self.engine.search(
+            root, vectors, limit=limit, order=order, deadline=deadline, costs=self.config.planner
+        )
+        return SearchResponse(self.version, str(root), hits, 1000 * (time.monotonic() - started))
+
+
+class HotSwapper:
+    """The service of the served version, replaced without failing requests when a new version is served."""
+
+    def __init__(self, config: EngineConfig, writable: bool = True):
+        self.config = config
+        self.writable = writable
+        self.last_error: str | None = None
+        self._failed: str | None = (
+            None  # a version that failed to load is not retried until another is served
+        )
+        self._service: SearchService | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def version(self) -> str | None:
+        service = self._service
+        return None if service is None else service.version
+
+    @contextlib.contextmanager
+    def service(self) -> Iterator[SearchService]:
+        """The current service, kept open for the duration of the block even if a swap happens meanwhile."""
+        with self._lock:
+            service = self._service
+            if service is None:
+                raise SearchError(self.last_error or "no version is served", status=503)
+            service.acquire()
+        try:
+            yield service
+        finally:
+            service.release()
+
+    def check(self) -> bool:
+        """Load and swap in the served version if it changed; returns whether a swap happened."""
+        try:
+            wanted = registry.served_version()
+        except (OSError, ValueError, KeyError) as exc:
+            self.last_error = f"{home.home() / registry.POINTER}: unreadable ({exc})"
+            return False
+        if wanted is None or wanted in (self.version, self._failed):
+            return False
+        try:
+            fresh = self._open(wanted)
+        except Exception as exc:  # keep serving the old version; /healthz reports the error
+            self.last_error, self._failed = f"version {wanted}: {exc}", wanted
+            log.error("cannot load version %s: %s", wanted, exc)
+            return False
+        with self._lock:
+            old, self._service = self._service, fresh
+        self.last_error = None
+        if old is not None:
+            old.retire()
+        log.info("serving version %s", wanted)
+        return True
+
+    def _open(self, version: str) -> SearchService:
+        folder = home.versions_dir() / version
+        try:
+            return SearchService.open(folder, self.config, self.writable, warm=True)
+        except EngineLockedError:
+            log.warning(
+                "version %s: another process writes its realtime state; serving it read-only", version
+            )
+            return SearchService.open(folder, self.config, writable=False, warm=True)
+
+    def start(self) -> None:
+        """Load the served version now, then watch serving.json in a background thread."""
+        self.check()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="ebr-engine-reload", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.config.serving.reload_poll_s):
+            self.check()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            old, self._service = self._service, None
+        if old is not None:
+            old.retire()

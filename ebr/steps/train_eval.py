@@ -1,0 +1,68 @@
+"""Train the configured towers on the ingested logs and evaluate them with the baselines (`ebr train`).
+
+Writes into `out_dir`: <model>/ (checkpoints, CSV logs), towers/<model>/ (exported query towers),
+embeddings/<model>.npy + embeddings/doc_ids.npy (document embeddings), report.json and report.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from ebr.models.export import export_query_tower
+from ebr.models.features import build_features, split_sessions
+from ebr.models.training import embed_documents, load_module, train_tower
+from ebr.steps.evaluate import evaluate, intents_path, load_intents, markdown_report
+
+log = logging.getLogger(__name__)
+
+
+def train_and_evaluate(cfg: DictConfig, db_path: Path, out_dir: Path) -> dict[str, Any]:
+    """Features -> train every model of train.models -> export -> evaluate; returns the report dict."""
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    split = split_sessions(db_path, int(cfg.data.heldout_sessions), float(cfg.eval.heldout_max_fraction))
+    features = build_features(db_path, cfg, split)
+    feature_seconds = time.perf_counter() - started
+    modules, training = {}, {}
+    (out_dir / "embeddings").mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / "embeddings" / "doc_ids.npy", features.doc_ids)
+    for name in cfg.train.models:
+        trained = train_tower(cfg, features, str(name), out_dir / str(name))
+        module = load_module(trained.checkpoint)
+        export_query_tower(
+            module.query_tower, features.featurizer, out_dir / "towers" / str(name), dict(module.hparams)
+        )
+        np.save(out_dir / "embeddings" / f"{name}.npy", embed_documents(module, features))
+        modules[str(name)] = module
+        training[str(name)] = {**trained.stats, "checkpoint": str(trained.checkpoint)}
+    intents_file = intents_path(cfg)
+    report = evaluate(cfg, features, modules, load_intents(intents_file))
+    report.update(
+        {
+            "split": split.summary(),
+            "features": {**features.stats, "signals": features.signals, "seconds": round(feature_seconds, 2)},
+            "training": training,
+            "intents_path": str(intents_file),
+            "seconds": round(time.perf_counter() - started, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+    )
+    _write_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=str))
+    _write_atomic(out_dir / "report.md", markdown_report(report))
+    return report
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,1 +1,0 @@
-"""Prefect flows: thin wiring of the steps in tasks/ (ingest, retrain, ...)."""

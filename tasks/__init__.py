@@ -1,1 +1,0 @@
-"""Pipeline steps: one plain function per step (ingest, mine, train, evaluate, quantise, gate, publish)."""
