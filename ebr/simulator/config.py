@@ -35,7 +35,7 @@ def load_scale(scale: str, overrides: Sequence[str] = ()) -> DictConfig:
         raise ValueError(f"unknown scale {scale!r}: expected one of {', '.join(scales())} (conf/simulator/)")
     try:
         prefixed = [f"+simulator.{o[1:]}" if o.startswith("+") else f"simulator.{o}" for o in overrides]
-        cfg = load_config(prefixed, config_name=f"ebr/simulator/{scale}")
+        cfg = load_config(prefixed, config_name=f"simulator/{scale}")
     except HydraException as e:
         raise ValueError(f"bad simulator override in {list(overrides)}: {str(e).splitlines()[0]}") from e
     for key in POSITIVE_INTS:
