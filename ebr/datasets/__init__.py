@@ -1,0 +1,1 @@
+"""Public benchmark datasets as search-log folders: BEIR (`beir.convert_beir`, docs/beir.md)."""
