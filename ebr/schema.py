@@ -2,15 +2,20 @@
 
 Ids are 64-bit integers, timestamps are UTC. `documents`, `sessions` and `impressions` are required;
 `users`, `friendships` and `memberships` are optional (a text-only search log ingests and trains the
-text tower). `intents` is simulator ground truth, read only by evaluation, never by training or mining.
+text tower). Documents may carry extra columns declared in `ingest.documents.columns`
+(`DOCUMENT_COLUMN_TYPES`). `intents` is simulator ground truth, read only by evaluation, never by training
+or mining.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-SCHEMA_VERSION = 1
-VERTICALS = ("people", "groups", "events")
+SCHEMA_VERSION = 2  # the current version; a folder without schema.json is read as this one
+SCHEMA_VERSIONS = (1, 2)  # the versions a folder's schema.json may name
+VERTICALS = ("people", "groups", "events")  # the version-1 verticals (version 2 allows any vertical)
+# The kinds of extra document columns (`ingest.documents.columns`) and their DuckDB types.
+DOCUMENT_COLUMN_TYPES = {"text": "VARCHAR", "categorical": "VARCHAR", "numeric": "DOUBLE"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,10 @@ class Table:
     @property
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+    def with_columns(self, extra: tuple[Column, ...]) -> Table:
+        """The table with `extra` columns after its own."""
+        return replace(self, columns=self.columns + extra)
 
 
 def _c(name: str, sql_type: str, nullable: bool = False) -> Column:
@@ -68,8 +77,8 @@ DOCUMENTS = Table(
         _c("user_id", "BIGINT", True),  # people documents: the user it is
         _c("parent_doc_id", "BIGINT", True),  # events: the host group's doc_id
         _c("event_time", "TIMESTAMP", True),  # events: when it takes place
-        _c("created_at", "TIMESTAMP"),
-        _c("popularity", "DOUBLE"),
+        _c("created_at", "TIMESTAMP", True),
+        _c("popularity", "DOUBLE", True),  # a non-negative prior
     ),
     key=("doc_id",),
 )
@@ -83,7 +92,7 @@ SESSIONS = Table(
     "sessions",
     (
         _c("session_id", "BIGINT"),
-        _c("user_id", "BIGINT"),
+        _c("user_id", "BIGINT", True),  # the searcher; null: an anonymous search
         _c("ts", "TIMESTAMP"),
         _c("vertical", "VARCHAR"),
         _c("query", "VARCHAR"),

@@ -31,7 +31,8 @@ def command(logs_dir: Path, db_path: Path | None, as_json: bool, overrides: tupl
 
     Rows that fail a contract go to the `quarantine` table with the failed expectation and their source file
     and row; the valid rows land. Ingesting the same files twice changes nothing. OVERRIDES are Hydra
-    overrides of conf/ingest/default.yaml, e.g. `ingest.max_bad_fraction=0.1`. Exits non-zero on failure.
+    overrides of conf/ingest/default.yaml, e.g. `ingest.max_bad_fraction=0.1`, `ingest.verticals=[jobs]` or
+    `+ingest.documents.columns.body=text` (an extra document column to keep). Exits non-zero on failure.
     """
     from hydra.errors import HydraException
 

@@ -8,6 +8,8 @@ DuckDB keep this fast at millions of rows, where a value-set expectation would c
 A check sees three relations: the batch being validated (its candidate rows: they parsed and are not
 already loaded), the rows already in the database (`main.<table>`), and the rows of other tables that this
 run accepted so far (`ctx.accepted(table)`). References are checked against the latter two together.
+Check queries may call the Python functions that `register_functions` gives the connection (the engine's
+`term_value`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
+
 from ebr.contracts.casting import quote_ident as q
+from ebr.retrieval.terms import term_value
 
 PARSEABLE = "parseable"  # computed while the file is read (ebr.contracts.casting), not here
+TERM_VALUE = "ebr_term_value"  # ebr.retrieval.terms.term_value as a SQL function (register_functions)
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,11 @@ class CheckContext:
     batch: str  # relation of its candidate rows: row_id plus the schema columns, typed
     accepted: Callable[[str], str]  # table -> relation of the rows of that table accepted in this run
     known: frozenset[str]  # tables with rows in the database or in this run
+
+
+def register_functions(con: duckdb.DuckDBPyConnection) -> None:
+    """Give `con` the Python functions that the check queries call."""
+    con.create_function(TERM_VALUE, term_value, ["VARCHAR"], "VARCHAR", side_effects=False)
 
 
 def _key_text(columns: list[str], alias: str) -> str:
@@ -61,6 +72,16 @@ def _reference(meta: Mapping[str, Any], ctx: CheckContext) -> str:
         SELECT b.row_id, format('{col} {{}} is not in {parent}', b.{q(col)}) AS msg
         FROM {ctx.batch} b
         WHERE b.{q(col)} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ({keys}) p WHERE p.k = b.{q(col)})"""
+
+
+def _term_value(meta: Mapping[str, Any], ctx: CheckContext) -> str:
+    """The value becomes an engine term `<column>:<value>`: its normalised value must not be empty."""
+    col = meta["column"]
+    return f"""
+        SELECT row_id, format('{col} ''{{}}'' normalises to an empty term value', {q(col)}) AS msg
+        FROM {ctx.batch}
+        WHERE {q(col)} IN (
+            SELECT v FROM (SELECT DISTINCT {q(col)} AS v FROM {ctx.batch}) WHERE {TERM_VALUE}(v) = '')"""
 
 
 def _shown(meta: Mapping[str, Any], ctx: CheckContext) -> str:
@@ -112,6 +133,7 @@ def _undirected_pair(meta: Mapping[str, Any], ctx: CheckContext) -> str:
 CHECKS: dict[str, Callable[[Mapping[str, Any], CheckContext], str]] = {
     "unique_key": _unique_key,
     "reference": _reference,
+    "term_value": _term_value,
     "positions_contiguous": _positions_contiguous,
     "click_within_shown": _click_within_shown,
     "undirected_pair": _undirected_pair,

@@ -5,6 +5,8 @@ Each suite (`suites/<table>.json`) holds three kinds of expectations:
   is malformed and the ingestion stops;
 - `parseable`: a row whose values do not parse as the schema types fails it, and is reported for it alone;
 - the others: column rules natively, cross-row rules on check columns (ebr/contracts/checks.py).
+Parameters (`$PARAMETER`) come from the settings; an expectation whose `meta.skip_if_null` parameter is null
+is skipped (any vertical when no set is given). Rules in words name parameters as `{name}`.
 Failing rows are named by the frame's `row_id` column (result_format COMPLETE with
 unexpected_index_column_names). An expectation that raised is an error, never a pass.
 """
@@ -124,6 +126,13 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def _param_text(value: Any) -> str:
+    """A parameter as a rule shows it: a list joined, null as `not set`."""
+    if value is None:
+        return "not set"
+    return ", ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+
+
 def _raised(result: Any) -> str | None:
     """The exception message if the expectation raised (GX reports it only in exception_info)."""
     info = result.exception_info or {}
@@ -151,7 +160,8 @@ class ContractRunner:
         self.outcomes: dict[str, dict[str, Outcome]] = {}
 
     def rule(self, expectation: Expectation) -> str:
-        return str(expectation.meta.get("rule", expectation.name)).format(**self.params)
+        params = {name: _param_text(value) for name, value in self.params.items()}
+        return str(expectation.meta.get("rule", expectation.name)).format(**params)
 
     def outcome(self, table: str, expectation: Expectation) -> Outcome:
         per_table = self.outcomes.setdefault(table, {})
@@ -209,10 +219,17 @@ class ContractRunner:
         """Validate one batch of rows (`row_id`, schema columns, check columns); the failing rows.
 
         A row failing `parseable` is reported for that alone: its other failures stem from the values that
-        did not parse. Expectations named in `skip` (checks that cannot run, marked skipped) are left out.
+        did not parse. Expectations named in `skip` (checks that cannot run, marked skipped) and those whose
+        `skip_if_null` parameter is null (marked skipped here) are left out.
         """
         contract = load_contract(table)
-        expectations = contract.parseable + [e for e in contract.row_level if e.name not in set(skip)]
+        skip = set(skip)
+        for e in contract.row_level:
+            param = e.meta.get("skip_if_null")
+            if param and self.params.get(param) is None:
+                self.skip(table, e, f"{param} not set: any value is accepted")
+                skip.add(e.name)
+        expectations = contract.parseable + [e for e in contract.row_level if e.name not in skip]
         unparsed = set(frame.loc[frame[contract.parseable[0].column].notna(), ROW_ID].tolist())
         failures: list[RowFailure] = []
         for expectation, r in self._validate(table, expectations, frame):

@@ -39,6 +39,9 @@ def contracts_markdown(result: IngestResult) -> str:
     lines = [f"# Ingestion {result.run_id}: {result.status}", ""]
     if result.error:
         lines += [f"**Error:** {result.error}", ""]
+    if result.document_columns:
+        kept = ", ".join(f"`{name}` ({kind})" for name, kind in result.document_columns.items())
+        lines += [f"Extra document columns kept: {kept}", ""]
     for table, outcomes in result.contracts.items():
         lines += [
             f"## {table}",

@@ -1,13 +1,16 @@
 """Ingestion: a folder of log tables -> the DuckDB file, validated by the data contracts, in one transaction.
 
 `ingest_logs` is the whole step as a plain function (ebr/flows/ingest.py wraps it in a Prefect flow):
-1. find the tables in the folder (`<table>.parquet|.csv|.jsonl` or a folder `<table>/` of part files);
-2. read each file into a staging table with its source row and typed columns; a file that is not a table,
-   is empty, lacks required columns or holds a column of the wrong type stops the run (MalformedInputError);
+1. find the tables in the folder (`<table>.parquet|.csv|.jsonl` or a folder `<table>/` of part files) and its
+   schema_version (1 or 2);
+2. read each file into a staging table with its source row and typed columns (documents with the extra
+   columns declared in `ingest.documents.columns`); a file that is not a table, is empty, lacks required
+   columns or holds a column of the wrong type stops the run (MalformedInputError);
 3. per table, in dependency order: skip rows identical to loaded ones, compute the cross-row checks, run the
    suite with Great Expectations, and split the rows into accepted and quarantined;
 4. if any table's quarantined share passes `max_bad_fraction`, stop (BadShareError);
-5. insert the accepted rows, the quarantine records and the run record, and commit.
+5. create or migrate the tables, insert the accepted rows, the quarantine records and the run record, and
+   commit.
 Any failure rolls the transaction back: the log tables and the quarantine are left as they were, and the
 failed run is recorded in `ingest_runs` with its error. See docs/ingestion.md.
 """
@@ -16,7 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,12 +33,26 @@ from omegaconf import DictConfig, OmegaConf
 from ebr.contracts import ContractRunner, load_contract
 from ebr.contracts.casting import cast_sql, quote_str
 from ebr.contracts.casting import quote_ident as q
-from ebr.contracts.checks import CheckContext, check_query, skip_reason
+from ebr.contracts.checks import CheckContext, check_query, register_functions, skip_reason
+from ebr.retrieval.terms import term_value
 from ebr.runs import new_run_id
-from ebr.schema import LOG_TABLES, SCHEMA_VERSION, Column, Table
+from ebr.schema import (
+    DOCUMENT_COLUMN_TYPES,
+    DOCUMENTS,
+    LOG_TABLES,
+    SCHEMA_VERSION,
+    SCHEMA_VERSIONS,
+    TABLES,
+    VERTICALS,
+    Column,
+    Table,
+)
 
 # Table file suffixes and the DuckDB reader of each (compressed CSV/JSONL are read transparently).
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".csv.gz": "csv", ".jsonl": "json", ".jsonl.gz": "json"}
+# What an extra document column may be called, and the names the staging tables use themselves.
+_IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
+_STAGING_COLUMNS = ("row_id", "file_id", "source_row", "type_errors", "rid", "rowid")
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +94,10 @@ class IngestConfig:
 
     max_bad_fraction: float
     validation_batch_rows: int
-    text_max_chars: dict[str, int]
+    text_max_chars: dict[str, int | None]  # None: no maximum
     sample_failures: int
+    verticals: tuple[str, ...] | None = None  # None: any vertical
+    document_columns: dict[str, str] = field(default_factory=dict)  # extra document column -> its kind
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any] | DictConfig) -> IngestConfig:
@@ -85,8 +105,10 @@ class IngestConfig:
         config = cls(
             max_bad_fraction=float(raw["max_bad_fraction"]),
             validation_batch_rows=int(raw["validation_batch_rows"]),
-            text_max_chars={k: int(v) for k, v in raw["text_max_chars"].items()},
+            text_max_chars={k: None if v is None else int(v) for k, v in raw["text_max_chars"].items()},
             sample_failures=int(raw["sample_failures"]),
+            verticals=_verticals(raw.get("verticals")),
+            document_columns=_document_columns((raw.get("documents") or {}).get("columns") or {}),
         )
         if not 0.0 <= config.max_bad_fraction <= 1.0:
             raise IngestConfigError(
@@ -96,13 +118,60 @@ class IngestConfig:
             raise IngestConfigError(
                 f"ingest.validation_batch_rows must be >= 1, got {config.validation_batch_rows}"
             )
-        if min(config.text_max_chars.values(), default=1) < 1:
-            raise IngestConfigError(f"ingest.text_max_chars must be >= 1, got {config.text_max_chars}")
+        for name, n in config.text_max_chars.items():
+            if n is not None and n < 1:
+                raise IngestConfigError(f"ingest.text_max_chars.{name} must be null or >= 1, got {n}")
         return config
 
-    def suite_params(self) -> dict[str, int]:
-        """The values of the suites' `$PARAMETER`s."""
-        return {f"{name}_max_chars": n for name, n in self.text_max_chars.items()}
+    def suite_params(self, schema_version: int = SCHEMA_VERSION) -> dict[str, Any]:
+        """The values of the suites' `$PARAMETER`s for a folder of `schema_version`: a version-1 folder keeps
+        its own verticals (VERTICALS), whatever `verticals` says."""
+        verticals = VERTICALS if schema_version == 1 else self.verticals
+        return {f"{name}_max_chars": n for name, n in self.text_max_chars.items()} | {
+            "verticals": None if verticals is None else list(verticals)
+        }
+
+    def log_tables(self) -> tuple[Table, ...]:
+        """The log tables as this run reads and loads them: documents with the declared extra columns."""
+        extra = tuple(
+            Column(name, DOCUMENT_COLUMN_TYPES[kind], nullable=True)
+            for name, kind in self.document_columns.items()
+        )
+        return tuple(t.with_columns(extra) if t is DOCUMENTS else t for t in LOG_TABLES)
+
+
+def _verticals(value: Any) -> tuple[str, ...] | None:
+    """`ingest.verticals`: null (any vertical) or a non-empty list of vertical names."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise IngestConfigError(f"ingest.verticals must be null or a non-empty list of names, got {value!r}")
+    for name in value:
+        if not isinstance(name, str) or not term_value(name):
+            raise IngestConfigError(
+                f"ingest.verticals: {name!r} is not a vertical name (its term vertical:<name> is empty)"
+            )
+    return tuple(value)
+
+
+def _document_columns(value: Any) -> dict[str, str]:
+    """`ingest.documents.columns`: extra document column -> text | categorical | numeric."""
+    if not isinstance(value, Mapping):
+        raise IngestConfigError(f"ingest.documents.columns must map names to kinds, got {value!r}")
+    internal = {*_STAGING_COLUMNS, *(e.column for e in load_contract(DOCUMENTS.name).checks)}
+    for name, kind in value.items():
+        key = f"ingest.documents.columns.{name}"
+        if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+            raise IngestConfigError(f"{key}: not a plain identifier (a-z, 0-9 and _, starting with a letter)")
+        if name in DOCUMENTS.column_names:
+            raise IngestConfigError(f"{key}: {name} is a core column of documents")
+        if name in internal:
+            raise IngestConfigError(f"{key}: {name} is a column name the ingestion uses itself")
+        if not isinstance(kind, str) or kind not in DOCUMENT_COLUMN_TYPES:
+            raise IngestConfigError(
+                f"{key}: unknown type {kind!r} (expected {', '.join(DOCUMENT_COLUMN_TYPES)})"
+            )
+    return dict(value)
 
 
 @dataclass
@@ -122,6 +191,7 @@ class IngestResult:
     status: str = "running"  # running | succeeded | failed
     finished_at: datetime | None = None
     schema_version: int = SCHEMA_VERSION
+    document_columns: dict[str, str] = field(default_factory=dict)  # extra document columns kept, by kind
     files: dict[str, list[str]] = field(default_factory=dict)
     tables: dict[str, TableCounts] = field(default_factory=dict)
     contracts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -130,6 +200,7 @@ class IngestResult:
     def counts_json(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,
+            "document_columns": self.document_columns,
             "files": self.files,
             "tables": {t: asdict(c) for t, c in self.tables.items()},
         }
@@ -143,6 +214,7 @@ class IngestResult:
             "logs_dir": self.logs_dir,
             "db_path": self.db_path,
             "schema_version": self.schema_version,
+            "document_columns": self.document_columns,
             "tables": {t: asdict(c) for t, c in self.tables.items()},
             "failed_expectations": {
                 t: [o["expectation"] for o in outcomes if not o["success"]]
@@ -166,7 +238,8 @@ def _expected(name: str) -> str:
 
 
 def read_schema_version(logs_dir: Path) -> int:
-    """The folder's schema_version (schema.json, as the simulator writes it); absent means the current one."""
+    """The folder's schema_version (schema.json, as the simulator writes it): one of SCHEMA_VERSIONS; absent
+    means the current one."""
     path = logs_dir / "schema.json"
     if not path.exists():
         return SCHEMA_VERSION
@@ -174,34 +247,35 @@ def read_schema_version(logs_dir: Path) -> int:
         version = json.loads(path.read_text()).get("schema_version")
     except (json.JSONDecodeError, AttributeError):
         raise MalformedInputError(f"{path}: not a JSON object with a schema_version") from None
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version not in SCHEMA_VERSIONS:
         raise MalformedInputError(
-            f"{path}: schema_version {version!r} is not supported (this platform reads {SCHEMA_VERSION})"
+            f"{path}: schema_version {version!r} is not supported "
+            f"(this platform reads {', '.join(map(str, SCHEMA_VERSIONS))})"
         )
     return version
 
 
-def find_sources(logs_dir: Path) -> list[TableSource]:
-    """The log tables present in `logs_dir`, in dependency order; other files (ground_truth/, reports)
-    are ignored."""
+def find_sources(logs_dir: Path, tables: Sequence[Table] = LOG_TABLES) -> list[TableSource]:
+    """Those of `tables` present in `logs_dir`, in their order (dependency order); other files
+    (ground_truth/, reports) are ignored."""
     if not logs_dir.is_dir():
         raise MalformedInputError(f"{logs_dir}: not a folder")
     sources = []
-    for table in LOG_TABLES:
+    for table in tables:
         name = table.name
         candidates = [p for p in sorted(logs_dir.glob(f"{name}.*")) if p.is_file()]
         unknown = [p for p in candidates if p.name not in {name + suffix for suffix in FORMATS}]
         if unknown:
             raise MalformedInputError(f"{unknown[0]}: not a table file (expected {_expected(name)})")
         folder = logs_dir / name
-        tables = candidates + ([folder] if folder.is_dir() else [])
-        if len(tables) > 1:
+        given = candidates + ([folder] if folder.is_dir() else [])
+        if len(given) > 1:
             raise MalformedInputError(
-                f"{logs_dir}: {name} is given more than once ({', '.join(p.name for p in tables)})"
+                f"{logs_dir}: {name} is given more than once ({', '.join(p.name for p in given)})"
             )
-        if not tables:
+        if not given:
             continue
-        if tables[0].is_dir():
+        if given[0].is_dir():
             parts = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
             unknown = [p for p in parts if not _format(p)]
             if unknown:
@@ -212,20 +286,47 @@ def find_sources(logs_dir: Path) -> list[TableSource]:
                 raise MalformedInputError(f"{folder}: no table files in the folder")
             sources.append(TableSource(table, tuple(parts)))
         else:
-            sources.append(TableSource(table, (tables[0],)))
+            sources.append(TableSource(table, (given[0],)))
     return sources
 
 
-def create_tables(con: duckdb.DuckDBPyConnection) -> None:
-    """The log tables (exactly the input schema, keys enforced), quarantine and ingest_runs, if missing."""
-    for table in LOG_TABLES:
+def create_tables(con: duckdb.DuckDBPyConnection, tables: Sequence[Table] = LOG_TABLES) -> None:
+    """The log tables (the input schema and any declared document columns, keys enforced), quarantine and
+    ingest_runs, if missing; log tables of an earlier database are migrated to `tables`."""
+    for table in tables:
         cols = ", ".join(
             f"{q(c.name)} {c.sql_type}{'' if c.nullable else ' NOT NULL'}" for c in table.columns
         )
         key = ", ".join(q(k) for k in table.key)
         con.execute(f"CREATE TABLE IF NOT EXISTS main.{q(table.name)} ({cols}, PRIMARY KEY ({key}))")
+        _migrate(con, table)
     con.execute(_QUARANTINE_DDL)
     con.execute(_RUNS_DDL)
+
+
+def _migrate(con: duckdb.DuckDBPyConnection, table: Table) -> None:
+    """Bring an existing table to `table`: a column it lacks (a newly declared document column) is added, and
+    a column the schema now allows to be null drops NOT NULL (version 1 required documents.created_at,
+    documents.popularity and sessions.user_id)."""
+    t = q(table.name)
+    found = {
+        name: (sql_type, nullable)
+        for name, sql_type, nullable in con.execute(
+            "SELECT column_name, data_type, is_nullable FROM duckdb_columns() "
+            "WHERE schema_name = 'main' AND table_name = ?",
+            [table.name],
+        ).fetchall()
+    }
+    for c in table.columns:
+        if c.name not in found:
+            con.execute(f"ALTER TABLE main.{t} ADD COLUMN {q(c.name)} {c.sql_type}")
+        elif found[c.name][0] != c.sql_type:
+            raise IngestConfigError(
+                f"ingest.{table.name}.columns.{c.name}: {table.name}.{c.name} is {found[c.name][0]} "
+                f"in the database, not {c.sql_type}"
+            )
+        elif c.nullable and not found[c.name][1]:
+            con.execute(f"ALTER TABLE main.{t} ALTER COLUMN {q(c.name)} DROP NOT NULL")
 
 
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
@@ -245,6 +346,10 @@ def _reader(path: Path) -> str:
     }[_format(path)]
 
 
+def _typed_columns(table: Table) -> str:
+    return ", ".join(f"{q(c.name)} {c.sql_type}" for c in table.columns)
+
+
 def _stage(con: duckdb.DuckDBPyConnection, runner: ContractRunner, source: TableSource) -> None:
     """Read every file of a table into temp.stage_<table>: row_id, file_id, source_row, the typed columns
     and type_errors (which values did not parse).
@@ -252,10 +357,9 @@ def _stage(con: duckdb.DuckDBPyConnection, runner: ContractRunner, source: Table
     The raw files stay as temp.raw_<table>_<file_id> (the quarantine keeps a bad row as it was read)."""
     table = source.table
     t = table.name
-    typed_ddl = ", ".join(f"{q(c.name)} {c.sql_type}" for c in table.columns)
     con.execute(
         f"CREATE TEMP TABLE stage_{t} "
-        f"(row_id BIGINT, file_id INTEGER, source_row BIGINT, {typed_ddl}, type_errors VARCHAR)"
+        f"(row_id BIGINT, file_id INTEGER, source_row BIGINT, {_typed_columns(table)}, type_errors VARCHAR)"
     )
     offset = 0
     for file_id, path in enumerate(source.files):
@@ -274,7 +378,7 @@ def _stage(con: duckdb.DuckDBPyConnection, runner: ContractRunner, source: Table
             raise MalformedInputError(f"{path}: {'; '.join(problems)}")
         typed, errors = [], []
         for c in table.columns:
-            if c.name not in types:  # an optional (nullable) column the file does not have
+            if c.name not in types:  # a nullable or declared column the file does not have
                 typed.append(f"CAST(NULL AS {c.sql_type}) AS {q(c.name)}")
                 continue
             expr = cast_sql(q(c.name), types[c.name], c.sql_type)
@@ -316,9 +420,8 @@ def _reject_untyped_columns(
     ).fetchone()
     for c, n_raw, n_typed in zip(present, raw_counts, typed_counts, strict=True):
         if n_raw and not n_typed:
-            first = _scalar(
-                con, f"SELECT CAST({q(c.name)} AS VARCHAR) FROM {raw} WHERE {q(c.name)} IS NOT NULL LIMIT 1"
-            )
+            value = f"left(CAST({q(c.name)} AS VARCHAR), 60)"  # as in type_errors: long texts stay short
+            first = _scalar(con, f"SELECT {value} FROM {raw} WHERE {q(c.name)} IS NOT NULL LIMIT 1")
             raise MalformedInputError(
                 f"{path}: column {c.name}: no value can be read as {c.sql_type} (first: {first!r})"
             )
@@ -332,7 +435,8 @@ def _validate(
     batch_rows: int,
 ) -> TableCounts:
     """Split temp.stage_<table> into skipped rows, quarantined (temp.bad_<table>: row_id, expectation, reason)
-    and accepted (temp.accepted_<table>)."""
+    and accepted (temp.accepted_<table>). Great Expectations sees the suite's columns only: not the declared
+    document columns, which their types check (long texts stay in DuckDB)."""
     t = table.name
     stage = f"temp.stage_{t}"
     cols = ", ".join(q(c) for c in table.column_names)
@@ -364,13 +468,14 @@ def _validate(
         con.execute(f"CREATE TEMP TABLE check_{t}_{e.column} AS {check_query(e.column, e.meta, ctx)}")
         checks.append(e.column)
 
+    suite_cols = ", ".join(q(c) for c in TABLES[t].column_names)
     flags = "".join(f", {q(c)}" for c in checks)
     joins = " ".join(f"LEFT JOIN temp.check_{t}_{c} USING (row_id)" for c in checks)
     n_rows = _scalar(con, f"SELECT count(*) FROM {stage}")
     failures = []
     for lo in range(0, n_rows, batch_rows):
         frame = con.execute(f"""
-            SELECT row_id, {cols}, type_errors{flags} FROM {stage} {joins}
+            SELECT row_id, {suite_cols}, type_errors{flags} FROM {stage} {joins}
             WHERE row_id >= {lo} AND row_id < {lo + batch_rows}
               AND row_id NOT IN (SELECT row_id FROM temp.skipped_{t})
             ORDER BY row_id""").df()
@@ -397,7 +502,7 @@ def _write(con: duckdb.DuckDBPyConnection, run_id: str, sources: list[TableSourc
     for source in sources:
         t = source.table.name
         cols = ", ".join(q(c) for c in source.table.column_names)
-        con.execute(f"INSERT INTO main.{q(t)} SELECT {cols} FROM temp.accepted_{t} ORDER BY row_id")
+        con.execute(f"INSERT INTO main.{q(t)} ({cols}) SELECT {cols} FROM temp.accepted_{t} ORDER BY row_id")
         for file_id, path in enumerate(source.files):
             con.execute(f"""
                 INSERT INTO main.quarantine
@@ -461,21 +566,24 @@ def ingest_logs(
     config = IngestConfig.from_cfg(cfg)
     logs_dir, db_path = Path(logs_dir).resolve(), Path(db_path).resolve()
     result = IngestResult(
-        run_id=run_id or new_run_id("ingest"), logs_dir=str(logs_dir), db_path=str(db_path), started_at=_now()
+        run_id=run_id or new_run_id("ingest"),
+        logs_dir=str(logs_dir),
+        db_path=str(db_path),
+        started_at=_now(),
+        document_columns=dict(config.document_columns),
     )
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    runner = ContractRunner(config.suite_params(), sample_failures=config.sample_failures)
     try:
         con = duckdb.connect(str(db_path))
     except duckdb.Error as e:
         raise DatabaseUnavailableError(f"{db_path}: cannot open the database: {_first_line(e)}") from e
     try:
         con.execute("SET TimeZone = 'UTC'")
-        _ingest(con, runner, logs_dir, config, result)
+        register_functions(con)
+        _ingest(con, logs_dir, config, result)
     except Exception as e:
         result.status, result.finished_at = "failed", _now()
         result.error = str(e) if isinstance(e, IngestError) else f"{type(e).__name__}: {_first_line(e)}"
-        result.contracts = runner.results()
         _record_failed_run(con, result)
         if isinstance(e, IngestError):
             e.result = result
@@ -486,17 +594,31 @@ def ingest_logs(
 
 
 def _ingest(
+    con: duckdb.DuckDBPyConnection, logs_dir: Path, config: IngestConfig, result: IngestResult
+) -> None:
+    """The run under the contracts of the folder's schema_version; a failed run keeps the results so far."""
+    result.schema_version = read_schema_version(logs_dir)
+    runner = ContractRunner(
+        config.suite_params(result.schema_version), sample_failures=config.sample_failures
+    )
+    try:
+        _load(con, runner, logs_dir, config, result)
+    finally:
+        result.contracts = runner.results()
+
+
+def _load(
     con: duckdb.DuckDBPyConnection,
     runner: ContractRunner,
     logs_dir: Path,
     config: IngestConfig,
     result: IngestResult,
 ) -> None:
-    result.schema_version = read_schema_version(logs_dir)
-    sources = find_sources(logs_dir)
+    tables = config.log_tables()
+    sources = find_sources(logs_dir, tables)
     result.files = {s.table.name: [str(p) for p in s.files] for s in sources}
     given, loaded = {s.table.name for s in sources}, _loaded_tables(con)
-    missing = [t.name for t in LOG_TABLES if t.required and t.name not in given | loaded]
+    missing = [t.name for t in tables if t.required and t.name not in given | loaded]
     if missing:
         raise MalformedInputError(
             f"{logs_dir}: no {', '.join(missing)} table "
@@ -508,12 +630,9 @@ def _ingest(
         _stage(con, runner, source)
     con.execute("BEGIN TRANSACTION")
     try:
-        create_tables(con)
-        for table in LOG_TABLES:
-            con.execute(
-                f"CREATE TEMP TABLE accepted_{table.name} AS "
-                f"SELECT CAST(NULL AS BIGINT) AS row_id, * FROM main.{q(table.name)} WHERE false"
-            )
+        create_tables(con, tables)
+        for table in tables:
+            con.execute(f"CREATE TEMP TABLE accepted_{table.name} (row_id BIGINT, {_typed_columns(table)})")
         known = frozenset(given | loaded)
         for source in sources:  # LOG_TABLES order: a table's references point to tables validated before it
             result.tables[source.table.name] = _validate(

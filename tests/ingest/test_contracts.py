@@ -12,6 +12,7 @@ from ebr.contracts import SUITES_DIR, ContractError, ContractRunner, load_contra
 from ebr.contracts.casting import cast_sql
 from ebr.contracts.checks import CHECKS, PARSEABLE
 from ebr.home import PROJECT_ROOT
+from ebr.ingestion.ingest import IngestConfig
 from ebr.schema import LOG_TABLES, TABLES, VERTICALS
 
 from .logs import load_cfg
@@ -43,10 +44,12 @@ def test_suite_matches_schema(table) -> None:  # noqa: ANN001
             assert tuple(e.meta["columns"]) == table.key
         if e.check == "reference":
             parent, key = e.meta["references"].split(".")
-            assert (key,) == TABLES[parent].key
+            assert (key,) == TABLES[parent].key or (table.name, key) == ("sessions", "vertical")
             assert [t.name for t in LOG_TABLES].index(parent) < LOG_TABLES.index(table)  # validated before
         if e.type == "expect_column_values_to_be_in_set":
-            assert tuple(e.kwargs["value_set"]) == VERTICALS
+            assert (
+                e.kwargs["value_set"] == {"$PARAMETER": "verticals"} and e.meta["skip_if_null"] == "verticals"
+            )
 
 
 def test_log_schema_doc_lists_every_column() -> None:
@@ -69,7 +72,11 @@ def test_rules_of_the_brief_are_all_there() -> None:
         for e in load_contract(t.name).checks
         if e.check == "reference"
     }
-    assert {("impressions", "positions_contiguous"), ("impressions", "click_within_shown")} <= checks
+    assert {
+        ("impressions", "positions_contiguous"),
+        ("impressions", "click_within_shown"),
+        ("documents", "term_value"),
+    } <= checks
     assert {
         ("impressions", "session_id", "sessions.session_id"),
         ("impressions", "doc_id", "documents.doc_id"),
@@ -77,6 +84,7 @@ def test_rules_of_the_brief_are_all_there() -> None:
         ("memberships", "doc_id", "documents.doc_id"),
         ("friendships", "user_id", "users.user_id"),
         ("friendships", "friend_id", "users.user_id"),
+        ("sessions", "vertical", "documents.vertical"),
     } <= references
     assert all(load_contract(t.name).parseable[0].check == PARSEABLE for t in LOG_TABLES)
 
@@ -100,16 +108,48 @@ def test_an_expectation_that_raises_is_an_error_not_a_pass() -> None:
 
 
 def test_parameters_come_from_config() -> None:
-    cfg = load_cfg()
-    runner = ContractRunner({f"{k}_max_chars": v for k, v in cfg["text_max_chars"].items()})
+    """Text maxima are off by default (non-empty still required); a number restores the limit."""
     frame = pd.DataFrame(
-        {"row_id": [0, 1], "user_id": [1, 2], "name": ["Ann", "x" * (cfg["text_max_chars"]["name"] + 1)],
-         "city": None, "region": None, "country": None, "language": None, "is_active": [True, True],
+        {"row_id": [0, 1, 2], "user_id": [1, 2, 3], "name": ["Ann", "x" * 100_001, ""],
+         "city": None, "region": None, "country": None, "language": None, "is_active": True,
          "type_errors": None, "key_conflict": None}
     )  # fmt: skip
-    [failure] = runner.check_rows("users", frame)
-    assert failure.row_id == 1 and failure.expectation == "expect_column_value_lengths_to_be_between(name)"
-    assert f"of 1 to {cfg['text_max_chars']['name']} characters" in failure.reason
+    default = ContractRunner(IngestConfig.from_cfg(load_cfg()).suite_params())
+    [empty] = default.check_rows("users", frame)
+    assert empty.row_id == 2 and empty.reason == "expected name non-empty, maximum length not set, got ''"
+    limited = load_cfg(text_max_chars={"title": None, "query": None, "name": 128})
+    failures = ContractRunner(IngestConfig.from_cfg(limited).suite_params()).check_rows("users", frame)
+    assert [f.row_id for f in failures] == [1, 2]
+    assert failures[0].expectation == "expect_column_value_lengths_to_be_between(name)"
+    assert (
+        "maximum length 128, got 'xxx" in failures[0].reason and "(100001 characters)" in failures[0].reason
+    )
+
+
+def test_verticals_of_a_folder() -> None:
+    """Version 2: `ingest.verticals` (null: rule skipped); version 1: its own three, whatever it says."""
+    frame = pd.DataFrame(
+        {"row_id": [0, 1], "session_id": [1, 2], "user_id": None, "ts": pd.Timestamp("2024-03-01"),
+         "vertical": ["jobs", "people"], "query": "q", "city": None, "region": None, "country": None,
+         "language": None, "type_errors": None, "key_conflict": None, "ref_user_id": None,
+         "ref_vertical": None}
+    )  # fmt: skip
+    restricted = IngestConfig.from_cfg(load_cfg(verticals=["jobs", "papers"]))
+    assert restricted.suite_params(2)["verticals"] == ["jobs", "papers"]
+    assert restricted.suite_params(1)["verticals"] == list(VERTICALS)
+    [failure] = ContractRunner(restricted.suite_params(1)).check_rows("sessions", frame)
+    assert failure.row_id == 0
+    assert (
+        failure.reason
+        == "expected vertical one of the allowed verticals (people, groups, events), got 'jobs'"
+    )
+    assert [f.row_id for f in ContractRunner(restricted.suite_params(2)).check_rows("sessions", frame)] == [1]
+    any_vertical = ContractRunner(IngestConfig.from_cfg(load_cfg()).suite_params(2))
+    assert any_vertical.check_rows("sessions", frame) == []
+    outcomes = {o["expectation"]: o for o in any_vertical.results()["sessions"]}
+    assert outcomes["expect_column_values_to_be_in_set(vertical)"]["skipped"] == (
+        "verticals not set: any value is accepted"
+    )
 
 
 CASTS = [  # DuckDB type of the column as read, literal, schema type, value expected (None: does not parse)

@@ -59,8 +59,8 @@ def _bad_json_line(logs: Path) -> str:
 
 
 def _unsupported_schema_version(logs: Path) -> str:
-    (logs / "schema.json").write_text(json.dumps({"schema_version": 2}))
-    return "schema.json: schema_version 2 is not supported (this platform reads 1)"
+    (logs / "schema.json").write_text(json.dumps({"schema_version": 3}))
+    return "schema.json: schema_version 3 is not supported (this platform reads 1, 2)"
 
 
 def _schema_json_not_json(logs: Path) -> str:
