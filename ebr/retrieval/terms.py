@@ -2,7 +2,8 @@
 
 A term is `field:value`. Both sides are normalised the same way at index time and at query time: Unicode
 NFKD with accents removed, case folded, apostrophes dropped inside words, every other run of characters that
-are not letters or digits turned into one `_` (values) or a token boundary (text).
+are not letters or digits turned into one `_` (values) or a token boundary (text). A text's tokens are its
+`text:` terms; in a document, one that occurs more than once carries its frequency as its payload.
 """
 
 from __future__ import annotations
