@@ -2,12 +2,15 @@
 
 For every key with a trained index `faiss/<key>.faiss`, the documents' embeddings `embeddings/<key>.npy` are
 quantised again by that index's trained quantisers (same codes, deterministic) under the engine's internal
-ids (row numbers of doc_ids.npy), with a hashtable direct map so realtime updates can remove them.
+ids (row numbers of doc_ids.npy), with a hashtable direct map so realtime updates can remove them. An optional
+`payloads` column of documents.parquet, aligned with `terms`, gives the terms' payloads (e.g. the frequencies
+of `text:` terms).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -52,16 +55,31 @@ def build_index(
     return EngineIndex.from_documents(doc_ids, doc_terms, fields)
 
 
-def read_document_terms(path: Path, doc_ids: np.ndarray) -> list[list[str]]:
-    """The `terms` column of documents.parquet in the order of `doc_ids` (a missing document is an error)."""
-    table = pq.read_table(path, columns=["doc_id", "terms"])
-    by_id = dict(zip(table.column("doc_id").to_pylist(), table.column("terms").to_pylist(), strict=True))
+def read_document_terms(path: Path, doc_ids: np.ndarray) -> list[list[str | tuple[str, float]]]:
+    """The `terms` column of documents.parquet in the order of `doc_ids` (a missing document is an error),
+    with the payloads of the optional aligned `payloads` column (float32, NaN: none) as (term, payload)
+    pairs."""
+    with_payloads = "payloads" in pq.read_schema(path).names
+    table = pq.read_table(path, columns=["doc_id", "terms", *(["payloads"] if with_payloads else [])])
+    terms = table.column("terms").to_pylist()
+    payloads = table.column("payloads").to_pylist() if with_payloads else [None] * len(terms)
+    row_of = {doc_id: row for row, doc_id in enumerate(table.column("doc_id").to_pylist())}
     rows = []
     for doc_id in doc_ids.tolist():
-        if doc_id not in by_id:
+        if doc_id not in row_of:
             raise ValueError(f"{path}: doc_id {doc_id} of doc_ids.npy has no row")
-        rows.append(list(by_id[doc_id] or []))
+        row = row_of[doc_id]
+        rows.append(_paired(terms[row] or [], payloads[row], f"{path}: doc_id {doc_id}"))
     return rows
+
+
+def _paired(terms: list[str], payloads: list[float] | None, where: str) -> list[str | tuple[str, float]]:
+    """Terms with their payloads as (term, payload) pairs (no payloads, or NaN: a plain term)."""
+    if payloads is None:
+        return list(terms)
+    if len(payloads) != len(terms):
+        raise ValueError(f"{where}: {len(terms)} terms but {len(payloads)} payloads")
+    return [t if p is None or math.isnan(p) else (t, p) for t, p in zip(terms, payloads, strict=True)]
 
 
 def build_engine(engine_dir: Path) -> Path:

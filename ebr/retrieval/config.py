@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from ebr.config import load_config
 from ebr.retrieval.executor import ORDERS, PlannerCosts
 from ebr.retrieval.query import Limits
+from ebr.retrieval.scoring import BM25Params
 from ebr.retrieval.store import StoreConfig
 
 MAX_DEPTH_CEILING = 200  # the parser recurses once per level
@@ -36,6 +37,7 @@ class EngineConfig:
     default_vertical: str | None
     templates: dict[str, str]
     planner: PlannerCosts
+    bm25: BM25Params
 
 
 def engine_config(cfg: DictConfig) -> EngineConfig:
@@ -55,6 +57,7 @@ def engine_config(cfg: DictConfig) -> EngineConfig:
         default_vertical=raw.get("default_vertical"),
         templates={str(k): str(v) for k, v in (raw.get("templates") or {}).items()},
         planner=PlannerCosts(**raw["planner"]),
+        bm25=BM25Params(**raw["bm25"]),
     )
     if not 1 <= config.limits.max_depth <= MAX_DEPTH_CEILING:
         raise ValueError(f"engine.limits.max_depth must be between 1 and {MAX_DEPTH_CEILING}")
@@ -64,6 +67,10 @@ def engine_config(cfg: DictConfig) -> EngineConfig:
         raise ValueError("engine.results.default_limit must be between 1 and engine.results.max_limit")
     if not 1 <= config.limits.default_nprobe <= config.limits.max_nprobe:
         raise ValueError("engine.limits.default_nprobe must be between 1 and engine.limits.max_nprobe")
+    if not config.bm25.k1 >= 0:
+        raise ValueError(f"engine.bm25.k1 must be at least 0, got {config.bm25.k1}")
+    if not 0 <= config.bm25.b <= 1:
+        raise ValueError(f"engine.bm25.b must be between 0 and 1, got {config.bm25.b}")
     return config
 
 

@@ -21,13 +21,19 @@ Scores: a result's score is the best of its scores under the expression's scorin
 the quantised cosine similarity between that key's query embedding and the document's code (from the scan
 when the nn matched it, decoded otherwise); for each term marked `:score`, the document's payload of that
 term. NaN when there is none (no scoring operator, or no embedding and no such payload).
+
+Ranking operators, at the root of the query (innermost first), re-score the results of their child:
+  (fuse :bm25 W e) / (fuse :rrf K e)  the results of e, scored by a fusion of their BM25 for the query text
+                                      and their score under e (ebr/retrieval/scoring.py);
+  (rerank KEY :n N e)                 the best N results of e (by e's score, ties by doc id), scored by
+                                      KEY's quantised cosine (NaN: no embedding under KEY).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import faiss
@@ -35,7 +41,23 @@ import numpy as np
 
 from ebr.retrieval.index import EngineIndex
 from ebr.retrieval.quantized import NNField, Probe
-from ebr.retrieval.query import NN, And, Node, Not, Or, Term, Text, nn_nodes, scored_terms
+from ebr.retrieval.query import (
+    NN,
+    And,
+    AnyText,
+    Fuse,
+    Node,
+    Not,
+    Or,
+    Rerank,
+    Term,
+    Text,
+    children,
+    nn_nodes,
+    scored_terms,
+    vector_nodes,
+)
+from ebr.retrieval.scoring import DEFAULT_BM25, BM25Params, bm25_scores, fuse_linear, fuse_rrf
 
 ORDERS = ("score", "doc_id")
 _EMPTY = np.empty(0, dtype=np.int64)
@@ -83,13 +105,23 @@ class NNStats:
 
 
 @dataclass
+class RankingStats:
+    operator: str  # fuse | rerank
+    method: str  # fuse: bm25 | rrf; rerank: the embedding key that re-scores
+    parameter: float  # fuse: W or K; rerank: N
+    ranked: int  # results it received
+    kept: int  # results it passed on
+
+
+@dataclass
 class Hits:
-    """Results in order: doc ids and scores (NaN: no nn score), plus how the query ran."""
+    """Results in order: doc ids and scores (NaN: no score), plus how the query ran."""
 
     doc_ids: np.ndarray
     scores: np.ndarray
     total: int  # matches before the limit
     nn: list[NNStats] = field(default_factory=list)
+    ranking: list[RankingStats] = field(default_factory=list)  # the ranking operators, innermost first
 
     def as_dicts(self) -> list[dict[str, float | int | None]]:
         return [
@@ -98,24 +130,20 @@ class Hits:
         ]
 
 
-def check_executable(index: EngineIndex, root: Node) -> list[NN]:
-    """The nn operators of `root`; ExecutionError for an unknown key or an unexpanded $text."""
-    found, stack = [], [root]
+def check_executable(index: EngineIndex, root: Node) -> list[NN | Rerank]:
+    """The operators of `root` that need a query embedding (nn, rerank); ExecutionError for an unknown key
+    or an unexpanded $text / $anytext."""
+    stack = [root]
     while stack:
         node = stack.pop()
-        if isinstance(node, Text):
-            raise ExecutionError(node.pos, "$text is only allowed when the query text is expanded")
-        if isinstance(node, NN):
-            if node.key not in index.fields:
-                known = ", ".join(sorted(index.fields)) or "none"
-                raise ExecutionError(
-                    node.pos, f"unknown embedding key {node.key!r} (this index has: {known})"
-                )
-            found.append(node)
-        elif isinstance(node, (And, Or)):
-            stack.extend(node.children)
-        elif isinstance(node, Not):
-            stack.append(node.child)
+        if isinstance(node, (Text, AnyText)):
+            raise ExecutionError(node.pos, f"{node} is only allowed when the query text is expanded")
+        stack.extend(children(node))
+    found = vector_nodes(root)
+    for node in found:
+        if node.key not in index.fields:
+            known = ", ".join(sorted(index.fields)) or "none"
+            raise ExecutionError(node.pos, f"unknown embedding key {node.key!r} (this index has: {known})")
     return found
 
 
@@ -128,25 +156,22 @@ def execute(
     order: str = "score",
     deadline: float | None = None,
     costs: PlannerCosts = DEFAULT_COSTS,
+    query_text: str | None = None,
+    bm25: BM25Params = DEFAULT_BM25,
 ) -> Hits:
-    """Evaluate `root`; `vectors` holds a unit query vector per nn key; `deadline` is a time.monotonic()."""
+    """Evaluate `root`; `vectors` holds a unit query vector per nn and rerank key; `query_text` is what
+    `(fuse ...)` scores by BM25; `deadline` is a time.monotonic()."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-    nodes = check_executable(index, root)
-    for node in nodes:
+    for node in check_executable(index, root):
         if node.key not in vectors:
-            raise ExecutionError(node.pos, f"no query embedding for nn key {node.key!r}")
-    run = _Run(index, vectors, deadline, costs)
-    if isinstance(root, NN):  # a lone nn needs no set algebra: its hits come straight from faiss
-        ids, scores = run.nn_hits(root, None)
-    else:
-        ids = run.eval(root, None)
-        if index.dead_count and len(ids):
-            ids = ids[index.live_mask[ids]]
-        scores = run.final_scores(ids, sorted({n.key for n in nodes}), scored_terms(root))
+            kind = "nn" if isinstance(node, NN) else "rerank"
+            raise ExecutionError(node.pos, f"no query embedding for {kind} key {node.key!r}")
+    run = _Run(index, vectors, deadline, costs, query_text, bm25)
+    ids, scores = run.ranked(root)
     doc_ids = index.doc_ids[ids]
     ranking = _rank(doc_ids, scores, order, limit)
-    return Hits(doc_ids[ranking], scores[ranking], total=len(ids), nn=run.stats)
+    return Hits(doc_ids[ranking], scores[ranking], total=len(ids), nn=run.stats, ranking=run.ranking)
 
 
 def _rank(doc_ids: np.ndarray, scores: np.ndarray, order: str, limit: int | None) -> np.ndarray:
@@ -178,19 +203,70 @@ class _Run:
         vectors: Mapping[str, np.ndarray],
         deadline: float | None,
         costs: PlannerCosts,
+        query_text: str | None,
+        bm25: BM25Params,
     ):
         self.index = index
         self.vectors = vectors
         self.deadline = deadline
         self.costs = costs
+        self.query_text = query_text
+        self.bm25 = bm25
         self.scored: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self.stats: list[NNStats] = []
+        self.ranking: list[RankingStats] = []
         self._keepalive: list[object] = []
+
+    def check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise QueryTimeoutError("the query ran past its deadline")
+
+    def ranked(self, node: Node, decoded: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Internal ids (live, in no order) and scores of a query whose root may be a ranking operator.
+
+        Ranking operators rank by nn scores `decoded` from the codes, so that documents with the same code
+        tie exactly whatever the plan (a scanned score may differ from the decoded one in the last bits)."""
+        if isinstance(node, Rerank):
+            return self.rerank(node, *self.ranked(node.child, decoded=True))
+        if isinstance(node, Fuse):
+            return self.fuse(node, *self.results(node.child, decoded=True))
+        return self.results(node, decoded)
+
+    def rerank(self, node: Rerank, ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The best `node.n` of the results (ties by doc id), scored by the key's quantised cosine, decoded
+        from their codes (identical codes: identical scores)."""
+        self.check_deadline()
+        top = ids[_rank(self.index.doc_ids[ids], scores, "score", node.n)]
+        self.ranking.append(RankingStats("rerank", node.key, node.n, len(ids), len(top)))
+        return top, self.decoded_scores(node.key, top)
+
+    def fuse(self, node: Fuse, ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The results scored by the fusion of their BM25 and their scores."""
+        self.check_deadline()
+        text = bm25_scores(self.index, ids, self.query_text, self.bm25)
+        if node.bm25 is not None:
+            fused = fuse_linear(text, scores, node.bm25)
+        else:
+            fused = fuse_rrf(self.index.doc_ids[ids], text, scores, node.rrf)
+        parameter = node.bm25 if node.bm25 is not None else node.rrf
+        self.ranking.append(RankingStats("fuse", node.method, parameter, len(ids), len(ids)))
+        return ids, fused
+
+    def results(self, node: Node, decoded: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Internal ids (live, in no order) and scores of a plain expression (nn scores `decoded` from the
+        codes, or from the scans where scanned)."""
+        if isinstance(node, NN) and not decoded:  # a lone nn needs no set algebra: hits straight from faiss
+            return self.nn_hits(node, None)
+        ids = self.eval(node, None)
+        if self.index.dead_count and len(ids):
+            ids = ids[self.index.live_mask[ids]]
+        key_scores = self.decoded_scores if decoded else self.key_scores
+        keys = sorted({n.key for n in nn_nodes(node)})
+        return ids, self.final_scores(ids, keys, scored_terms(node), key_scores)
 
     def eval(self, node: Node, allowed: np.ndarray | None) -> np.ndarray:
         """Sorted internal ids of node ∩ allowed (allowed None: no restriction)."""
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise QueryTimeoutError("the query ran past its deadline")
+        self.check_deadline()
         if isinstance(node, Term):
             ids = self.index.posting(node.term)
             if node.bounded:
@@ -314,18 +390,25 @@ class _Run:
         self._keepalive.append(sel)
         return sel
 
-    def final_scores(self, ids: np.ndarray, keys: list[str], terms: list[str]) -> np.ndarray:
-        """The best score of each result over the nn keys and the payloads of the `:score` terms."""
+    def final_scores(
+        self,
+        ids: np.ndarray,
+        keys: list[str],
+        terms: list[str],
+        key_scores: Callable[[str, np.ndarray], np.ndarray],
+    ) -> np.ndarray:
+        """The best score of each result over the nn keys (`key_scores`) and the payloads of the `:score`
+        terms."""
         if len(keys) == 1 and not terms:
-            return self.key_scores(keys[0], ids, self.index.fields[keys[0]])
+            return key_scores(keys[0], ids)
         scores = np.full(len(ids), np.nan, dtype=np.float32)
         for key in keys:
-            scores = np.fmax(scores, self.key_scores(key, ids, self.index.fields[key]))
+            scores = np.fmax(scores, key_scores(key, ids))
         for term in terms:
             scores = np.fmax(scores, self.index.term_payloads(term, ids))
         return scores
 
-    def key_scores(self, key: str, ids: np.ndarray, nn_field: NNField) -> np.ndarray:
+    def key_scores(self, key: str, ids: np.ndarray) -> np.ndarray:
         """Scores of `ids` under `key`: from the scans where they were scanned, decoded otherwise."""
         parts = self.scored.get(key, [])
         if len(parts) == 1 and parts[0][0] is ids:  # the result is one nn's own hits
@@ -340,12 +423,18 @@ class _Run:
             pos = np.minimum(np.searchsorted(seen, ids), len(seen) - 1)
             hit = seen[pos] == ids
             out[hit] = seen_scores[pos[hit]]
-        missing = ids[np.isnan(out)]
-        if len(missing):
-            present = nn_field.clusters_of(missing) >= 0
-            if present.any():
-                query = nn_field.to_ivf_space(self.vectors[key])
-                out[np.flatnonzero(np.isnan(out))[present]] = nn_field.score(query, missing[present])
+        missing = np.isnan(out)
+        if missing.any():
+            out[missing] = self.decoded_scores(key, ids[missing])
+        return out
+
+    def decoded_scores(self, key: str, ids: np.ndarray) -> np.ndarray:
+        """Scores of `ids` under `key` decoded from their codes (NaN: no embedding under the key)."""
+        nn_field = self.index.fields[key]
+        out = np.full(len(ids), np.nan, dtype=np.float32)
+        present = nn_field.clusters_of(ids) >= 0
+        if present.any():
+            out[present] = nn_field.score(nn_field.to_ivf_space(self.vectors[key]), ids[present])
         return out
 
 

@@ -10,7 +10,10 @@ dense snapshot. Posting lists may therefore contain dead ids; the executor drops
 
 A document's term may carry a payload, a float32 (a term weight, a static score, ...). Payloads live in one
 array aligned with the postings (NaN: this posting has none), which exists only when some term has one: an
-index without payloads stores and costs exactly what it did before they existed.
+index without payloads stores and costs exactly what it did before they existed. The payload of a `text:`
+term is its frequency in the document (1 without a payload; see `frequencies`); the index keeps each
+document's text length (the sum of those frequencies), computed from the postings when it is built or
+loaded, for BM25 (ebr/retrieval/scoring.py).
 
 Folder format (written by `save`, read by `load`):
     meta.json                 format (1; 2 when postings_payloads.npy exists), counts, keys
@@ -26,6 +29,7 @@ Folder format (written by `save`, read by `load`):
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,11 +39,12 @@ from pathlib import Path
 import numpy as np
 
 from ebr.retrieval.quantized import NNField
-from ebr.retrieval.terms import normalize_term
+from ebr.retrieval.terms import TEXT_PREFIX, normalize_term
 
 FORMATS = (1, 2)  # 1: no payloads; 2: with postings_payloads.npy
 CLUSTER_FIELD_PREFIX = "nn."
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_TEXT_END = TEXT_PREFIX[:-1] + ";"  # sorts right after every `text:` term (';' follows ':')
 
 # A document's terms: "field:value" strings and (term, payload) pairs, or a mapping term -> payload or None
 TermsInput = Iterable[str | tuple[str, float | None]] | Mapping[str, float | None]
@@ -138,6 +143,9 @@ class EngineIndex:
         self._forward = forward
         self._doc_ids = _Growable(np.int64, doc_ids)
         self._live = _Growable(np.bool_, np.ones(len(doc_ids), dtype=bool))
+        lengths = _text_lengths(self.terms, postings_offsets, postings, payloads, len(doc_ids))
+        self._text_lengths = _Growable(np.float64, lengths)
+        self._mean_text_length: float | None = None
         order = np.argsort(doc_ids, kind="stable")
         self._base_sorted_doc_ids = doc_ids[order]
         self._base_sorted_internal = order.astype(np.int64)
@@ -233,6 +241,19 @@ class EngineIndex:
             self._universe = np.flatnonzero(self._live.view()).astype(np.int64)
         return self._universe
 
+    @property
+    def text_lengths(self) -> np.ndarray:
+        """Internal id -> the sum of the frequencies of the document's `text:` terms (float64)."""
+        return self._text_lengths.view()
+
+    @property
+    def mean_text_length(self) -> float:
+        """The mean text length of the live documents (0 when there is none), cached until a change."""
+        if self._mean_text_length is None:
+            live = self.universe()
+            self._mean_text_length = float(self.text_lengths[live].mean()) if len(live) else 0.0
+        return self._mean_text_length
+
     def document_terms(self, internal: int) -> list[str]:
         if internal in self._delta_forward:
             tids = self._delta_forward[internal]
@@ -311,13 +332,29 @@ class EngineIndex:
         out = np.full(len(ids), np.nan, dtype=np.float32)
         if not self.has_payloads or term not in self.term_ids:
             return out
-        posting = self.posting(term)
-        if len(posting) == 0:
-            return out
-        pos = np.minimum(np.searchsorted(posting, ids), len(posting) - 1)
-        held = posting[pos] == ids
+        held, pos = self._held(term, ids)
         out[held] = self.posting_payloads(term)[pos[held]]
         return out
+
+    def term_frequencies(self, term: str, ids: np.ndarray) -> np.ndarray:
+        """float64 frequency of the `text:` term `term` in each of the documents `ids` (0: not held)."""
+        out = np.zeros(len(ids))
+        held, pos = self._held(term, ids)
+        out[held] = frequencies(self.posting_payloads(term)[pos[held]])
+        return out
+
+    def _held(self, term: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which of `ids` hold `term`, and their positions in `posting(term)`."""
+        posting = self.posting(term)
+        if len(posting) == 0:
+            return np.zeros(len(ids), dtype=bool), np.zeros(len(ids), dtype=np.int64)
+        pos = np.minimum(np.searchsorted(posting, ids), len(posting) - 1)
+        return posting[pos] == ids, pos
+
+    def live_document_frequency(self, term: str) -> int:
+        """How many live documents hold `term`."""
+        posting = self.posting(term)
+        return int(np.count_nonzero(self.live_mask[posting])) if self._dead else len(posting)
 
     def posting_size(self, term: str) -> int:
         tid = self.term_ids.get(term)
@@ -431,6 +468,8 @@ class EngineIndex:
         internal = len(self._doc_ids)
         self._doc_ids.append(doc_id)
         self._live.append(True)
+        text = [payloads.get(t, np.nan) for t in terms if t.startswith(TEXT_PREFIX)]
+        self._text_lengths.append(frequencies(np.array(text, dtype=np.float32)).sum())
         tids = []
         for term in terms:
             tid = self.term_ids.get(term)
@@ -453,7 +492,7 @@ class EngineIndex:
         for key, code in codes.items():
             self.fields[key].add_codes(ids, code)
         self._overlay[doc_id] = internal
-        self._universe = None
+        self._universe = self._mean_text_length = None
         return internal
 
     def _kill(self, internal: int) -> None:
@@ -462,7 +501,7 @@ class EngineIndex:
         ids = np.array([internal], dtype=np.int64)
         for f in self.fields.values():
             f.remove(ids)
-        self._universe = None
+        self._universe = self._mean_text_length = None
 
     # ----- compaction and files
     def compacted(self) -> EngineIndex:
@@ -564,6 +603,7 @@ class EngineIndex:
             "forward": self._forward.nbytes + self._forward_offsets.nbytes,
             "documents": self.doc_ids.nbytes
             + self.live_mask.nbytes
+            + self.text_lengths.nbytes
             + self._base_sorted_doc_ids.nbytes
             + self._base_sorted_internal.nbytes,
         }
@@ -589,6 +629,23 @@ def _csr_pair(
         forward_offsets,
         tids[by_doc].astype(np.int32),
     )
+
+
+def _text_lengths(
+    terms: list[str], postings_offsets: np.ndarray, postings: np.ndarray, payloads: np.ndarray | None, n: int
+) -> np.ndarray:
+    """Per document, the sum of the frequencies of its `text:` terms, from the postings of the sorted
+    `terms` (the `text:` terms are one range of them)."""
+    lo, hi = (int(postings_offsets[bisect.bisect_left(terms, t)]) for t in (TEXT_PREFIX, _TEXT_END))
+    weights = np.ones(hi - lo) if payloads is None else frequencies(payloads[lo:hi])
+    return np.bincount(postings[lo:hi], weights=weights, minlength=n)
+
+
+def frequencies(payloads: np.ndarray) -> np.ndarray:
+    """float64 term frequencies of `text:` postings from their payloads: the payload (below 0: 0), 1 where
+    there is none."""
+    values = payloads.astype(np.float64)
+    return np.where(np.isnan(values), 1.0, np.maximum(values, 0.0))
 
 
 def cluster_field(fields: Mapping[str, NNField], fieldname: str) -> NNField | None:

@@ -1,16 +1,20 @@
-"""The query language: S-expressions over terms with a first-class (nn) operator.
+"""The query language: S-expressions over terms with a first-class (nn) operator, and ranking operators.
 
+    query := (rerank KEY :n N query) | (fuse :bm25 W expr) | (fuse :rrf K expr) | expr
     expr  := (term FIELD:VALUE [:min X] [:max Y] [:score])
            | (and expr*) | (or expr*) | (not expr)
            | (nn KEY :radius R [:nprobe N]) | (nn KEY :k K [:nprobe N])
-           | $text
+           | $text | $anytext
 
-`$text` stands for the query text's terms: (and (term text:a) (term text:b) ...), or (or) -- nothing --
-when the text has no tokens. A term's `:min` / `:max` keep only the postings whose payload (float32) lies
-within the bounds (inclusive; postings without a payload fail any bound), and `:score` makes the document's
-payload of the term one of the result's scores (see executor). Errors are `QueryError`s carrying the
-0-based offset of the problem; their message says `column <offset + 1>: <problem>`. Limits (query
-length, depth, node count, nprobe, k) come from conf/engine/default.yaml.
+`$text` stands for the query text's terms: (and (term text:a) (term text:b) ...), `$anytext` for
+(or (term text:a) (term text:b) ...); both are (or) -- nothing -- when the text has no tokens. A term's
+`:min` / `:max` keep only the postings whose payload (float32) lies within the bounds (inclusive; postings
+without a payload fail any bound), and `:score` makes the document's payload of the term one of the
+result's scores (see executor). The ranking operators (fuse, rerank; see executor) only re-score and cut
+the results of their child, so they may appear only at the root of the query or under a rerank. Errors are
+`QueryError`s carrying the 0-based offset of the problem; their message says `column <offset + 1>:
+<problem>`. Limits (query length, depth, node count, nprobe, k, rerank's n) come from
+conf/engine/default.yaml.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -26,7 +30,8 @@ from ebr.retrieval.index import CLUSTER_FIELD_PREFIX
 from ebr.retrieval.terms import normalize_term, query_terms
 
 _KEY = re.compile(r"^[A-Za-z0-9_.+\-]+$")  # the keys of published versions (ebr.retrieval.retrievers.KEY)
-OPERATORS = ("term", "and", "or", "not", "nn")
+RANKING_OPERATORS = ("fuse", "rerank")
+OPERATORS = ("term", "and", "or", "not", "nn", *RANKING_OPERATORS)
 
 
 class QueryError(ValueError):
@@ -46,6 +51,7 @@ class Limits:
     max_nprobe: int = 1_024
     max_k: int = 10_000
     default_nprobe: int = 16
+    max_rerank: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,7 @@ class NN:
 
 @dataclass(frozen=True)
 class Text:
-    """`$text`: replaced by the query text's terms before execution."""
+    """`$text`: replaced by the AND of the query text's terms before execution."""
 
     pos: int = 0
 
@@ -121,7 +127,49 @@ class Text:
         return "$text"
 
 
-Node = Term | And | Or | Not | NN | Text
+@dataclass(frozen=True)
+class AnyText:
+    """`$anytext`: replaced by the OR of the query text's terms before execution."""
+
+    pos: int = 0
+
+    def __str__(self) -> str:
+        return "$anytext"
+
+
+@dataclass(frozen=True)
+class Fuse:
+    """The child's results scored by a fusion of BM25 and the child's score: linear with weight `bm25`, or
+    reciprocal rank fusion with constant `rrf` (exactly one is set)."""
+
+    child: Node
+    bm25: float | None = None
+    rrf: int | None = None
+    pos: int = 0
+
+    @property
+    def method(self) -> str:
+        return "bm25" if self.bm25 is not None else "rrf"
+
+    def __str__(self) -> str:
+        option = f":bm25 {self.bm25!r}" if self.bm25 is not None else f":rrf {self.rrf}"
+        return f"(fuse {option} {self.child})"
+
+
+@dataclass(frozen=True)
+class Rerank:
+    """The child's best `n` results, re-scored by the quantised cosine under embedding key `key`."""
+
+    key: str
+    n: int
+    child: Node
+    pos: int = 0
+
+    def __str__(self) -> str:
+        return f"(rerank {self.key} :n {self.n} {self.child})"
+
+
+Node = Term | And | Or | Not | NN | Text | AnyText | Fuse | Rerank
 
 _TOKEN = re.compile(r"\s+|\(|\)|[^\s()]+")
 
@@ -156,17 +204,22 @@ class _Parser:
         self.i += 1
         return tok
 
-    def expr(self, depth: int) -> Node:
+    def expr(self, depth: int, ranking: bool = False) -> Node:
+        """One expression; `ranking`: a ranking operator may stand here."""
         token, pos = self.take("an expression such as (term field:value)")
         self.nodes += 1
         if self.nodes > self.limits.max_nodes:
             raise QueryError(pos, f"query has more than {self.limits.max_nodes} nodes")
         if token == "$text":
             return Text(pos)
+        if token == "$anytext":
+            return AnyText(pos)
         if token == ")":
             raise QueryError(pos, "unexpected ')': expected an expression")
         if token != "(":
-            raise QueryError(pos, f"unexpected {token!r}: expected '(' starting an expression or $text")
+            raise QueryError(
+                pos, f"unexpected {token!r}: expected '(' starting an expression, $text or $anytext"
+            )
         if depth > self.limits.max_depth:
             raise QueryError(pos, f"query nests deeper than {self.limits.max_depth} levels")
         op, op_pos = self.take("an operator (" + ", ".join(OPERATORS) + ")")
@@ -185,6 +238,16 @@ class _Parser:
             node = Not(self.expr(depth + 1), pos)
         elif op == "nn":
             node = self.nn(pos)
+        elif op in RANKING_OPERATORS and not ranking:
+            raise QueryError(
+                pos,
+                f"({op} ...) is a ranking operator: only allowed at the root of the expression "
+                "or under (rerank ...)",
+            )
+        elif op == "fuse":
+            node = self.fuse(pos, depth)
+        elif op == "rerank":
+            node = self.rerank(pos, depth)
         else:
             raise QueryError(op_pos, f"unknown operator {op!r} (expected one of: {', '.join(OPERATORS)})")
         self.close(op)
@@ -226,21 +289,37 @@ class _Parser:
             raise QueryError(bounds[":max"][1], f":max {high!r} is below :min {low!r}")
         return Term(term, pos, low, high, score)
 
-    def nn(self, pos: int) -> NN:
-        key, kpos = self.take("an embedding key after 'nn'")
+    def key(self, op: str) -> str:
+        key, kpos = self.take(f"an embedding key after '{op}'")
         if key in ("(", ")") or key.startswith(":") or not _KEY.match(key):
             raise QueryError(kpos, f"{key!r} is not an embedding key (letters, digits, _ . + -)")
+        return key
+
+    def option(self, op: str, allowed: tuple[str, ...], options: dict[str, tuple[str, int]]) -> None:
+        """Take one `:name value` option of `op` into `options`."""
+        name, npos = self.take("an option")
+        if name not in allowed:
+            expected = allowed[0] if len(allowed) == 1 else f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+            raise QueryError(npos, f"unknown {op} option {name!r} (expected {expected})")
+        if name in options:
+            raise QueryError(npos, f"{op} option {name} given twice")
+        value = self.take(f"a value after {name}")
+        if value[0] in ("(", ")"):
+            raise QueryError(value[1], f"unexpected {value[0]!r}: expected a value after {name}")
+        options[name] = value
+
+    def leading_options(self, op: str, allowed: tuple[str, ...]) -> dict[str, tuple[str, int]]:
+        """The options of a ranking operator: every `:name value` before its child expression."""
+        options: dict[str, tuple[str, int]] = {}
+        while (tok := self.peek()) is not None and tok[0].startswith(":"):
+            self.option(op, allowed, options)
+        return options
+
+    def nn(self, pos: int) -> NN:
+        key = self.key("nn")
         options: dict[str, tuple[str, int]] = {}
         while (tok := self.peek()) is not None and tok[0] != ")":
-            name, npos = self.take("an option")
-            if name not in (":radius", ":k", ":nprobe"):
-                raise QueryError(npos, f"unknown nn option {name!r} (expected :radius, :k or :nprobe)")
-            if name in options:
-                raise QueryError(npos, f"nn option {name} given twice")
-            value = self.take(f"a value after {name}")
-            if value[0] in ("(", ")"):
-                raise QueryError(value[1], f"unexpected {value[0]!r}: expected a value after {name}")
-            options[name] = value
+            self.option("nn", (":radius", ":k", ":nprobe"), options)
         if (":radius" in options) == (":k" in options):
             raise QueryError(pos, "nn needs exactly one of :radius (radius mode) or :k (top-K mode)")
         nprobe = (
@@ -252,23 +331,43 @@ class _Parser:
             return NN(key, nprobe, radius=self.radius(options[":radius"]), pos=pos)
         return NN(key, nprobe, k=self.integer(options[":k"], ":k", self.limits.max_k), pos=pos)
 
+    def fuse(self, pos: int, depth: int) -> Fuse:
+        options = self.leading_options("fuse", (":bm25", ":rrf"))
+        if len(options) != 1:
+            raise QueryError(
+                pos, "fuse needs exactly one of :bm25 W (linear) or :rrf K (reciprocal rank fusion)"
+            )
+        if ":bm25" in options:
+            text, wpos = options[":bm25"]
+            weight = _number(text)
+            if not 0.0 <= weight <= 1.0:
+                raise QueryError(wpos, f":bm25 must be a weight between 0 and 1, got {text!r}")
+            return Fuse(self.expr(depth + 1), bm25=weight, pos=pos)
+        return Fuse(self.expr(depth + 1), rrf=self.integer(options[":rrf"], ":rrf"), pos=pos)
+
+    def rerank(self, pos: int, depth: int) -> Rerank:
+        key = self.key("rerank")
+        options = self.leading_options("rerank", (":n",))
+        if ":n" not in options:
+            raise QueryError(pos, "rerank needs :n N, the number of results to re-score")
+        n = self.integer(options[":n"], ":n", self.limits.max_rerank)
+        return Rerank(key, n, self.expr(depth + 1, ranking=True), pos)
+
     @staticmethod
-    def integer(value: tuple[str, int], name: str, maximum: int) -> int:
+    def integer(value: tuple[str, int], name: str, maximum: int | None = None) -> int:
         text, pos = value
         if not re.fullmatch(r"[0-9]{1,10}", text):
             raise QueryError(pos, f"{name} must be a positive integer, got {text!r}")
         number = int(text)
-        if not 1 <= number <= maximum:
-            raise QueryError(pos, f"{name} must be between 1 and {maximum}, got {number}")
+        if number < 1 or (maximum is not None and number > maximum):
+            expected = "at least 1" if maximum is None else f"between 1 and {maximum}"
+            raise QueryError(pos, f"{name} must be {expected}, got {number}")
         return number
 
     @staticmethod
     def bound(value: tuple[str, int], name: str) -> float:
         text, pos = value
-        try:
-            number = float(text) if len(text) <= 32 else math.nan
-        except ValueError:
-            number = math.nan
+        number = _number(text)
         if not math.isfinite(number) or abs(number) > float(np.finfo(np.float32).max):
             raise QueryError(pos, f"{name} must be a finite float32 number, got {text!r}")
         return number
@@ -276,13 +375,18 @@ class _Parser:
     @staticmethod
     def radius(value: tuple[str, int]) -> float:
         text, pos = value
-        try:
-            number = float(text) if len(text) <= 32 else math.nan
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number) or not 0.0 <= number <= 2.0:
+        number = _number(text)
+        if not 0.0 <= number <= 2.0:
             raise QueryError(pos, f":radius must be a cosine distance between 0 and 2, got {text!r}")
         return number
+
+
+def _number(text: str) -> float:
+    """`text` as a float; NaN when it is not a number (or absurdly long)."""
+    try:
+        return float(text) if len(text) <= 32 else math.nan
+    except ValueError:
+        return math.nan
 
 
 def parse(text: str, limits: Limits | None = None) -> Node:
@@ -295,7 +399,7 @@ def parse(text: str, limits: Limits | None = None) -> Node:
     parser = _Parser(text, limits)
     if parser.peek() is None:
         raise QueryError(0, "empty query")
-    node = parser.expr(depth=1)
+    node = parser.expr(depth=1, ranking=True)
     extra = parser.peek()
     if extra is not None:
         raise QueryError(extra[1], f"unexpected {extra[0]!r} after the end of the expression")
@@ -309,36 +413,42 @@ def parse_cached(text: str, limits: Limits) -> Node:
 
 
 def expand_text(node: Node, query_text: str | None) -> Node:
-    """Replace every `$text` with the query text's terms."""
-    if isinstance(node, Text):
+    """Replace every `$text` and `$anytext` with the query text's terms."""
+    if isinstance(node, (Text, AnyText)):
         terms = tuple(Term(t, node.pos) for t in query_terms(query_text))
-        return And(terms, node.pos) if terms else Or((), node.pos)
-    if isinstance(node, And):
-        return And(tuple(expand_text(c, query_text) for c in node.children), node.pos)
-    if isinstance(node, Or):
-        return Or(tuple(expand_text(c, query_text) for c in node.children), node.pos)
-    if isinstance(node, Not):
-        return Not(expand_text(node.child, query_text), node.pos)
+        return And(terms, node.pos) if terms and isinstance(node, Text) else Or(terms, node.pos)
+    if isinstance(node, (And, Or)):
+        return replace(node, children=tuple(expand_text(c, query_text) for c in node.children))
+    if isinstance(node, (Not, Fuse, Rerank)):
+        return replace(node, child=expand_text(node.child, query_text))
     return node
+
+
+def children(node: Node) -> tuple[Node, ...]:
+    """The sub-expressions of a node."""
+    if isinstance(node, (And, Or)):
+        return node.children
+    if isinstance(node, (Not, Fuse, Rerank)):
+        return (node.child,)
+    return ()
 
 
 def scored_terms(node: Node) -> list[str]:
     """The terms marked `:score` in an expression, in text order without repeats."""
     if isinstance(node, Term):
         return [node.term] if node.score else []
-    if isinstance(node, (And, Or)):
-        return list(dict.fromkeys(t for c in node.children for t in scored_terms(c)))
-    if isinstance(node, Not):
-        return scored_terms(node.child)
-    return []
+    return list(dict.fromkeys(t for c in children(node) for t in scored_terms(c)))
 
 
 def nn_nodes(node: Node) -> list[NN]:
     """Every nn operator of an expression, in text order."""
     if isinstance(node, NN):
         return [node]
-    if isinstance(node, (And, Or)):
-        return [n for c in node.children for n in nn_nodes(c)]
-    if isinstance(node, Not):
-        return nn_nodes(node.child)
-    return []
+    return [n for c in children(node) for n in nn_nodes(c)]
+
+
+def vector_nodes(node: Node) -> list[NN | Rerank]:
+    """The operators of an expression that need a query embedding for their key (nn, rerank), in text
+    order."""
+    own: list[NN | Rerank] = [node] if isinstance(node, (NN, Rerank)) else []
+    return own + [n for c in children(node) for n in vector_nodes(c)]

@@ -6,14 +6,23 @@ sets and float64 numpy. Its nn picks the nprobe nearest centroids by a dense pro
 and scores every document of those clusters. Documents are plain dicts term -> payload (None: no payload);
 payloads and term bounds are compared as float32, as the index stores them.
 
+BM25 is computed in float64 straight from the term dicts (a `text:` term's payload is its frequency, 1
+without one, below 0 counting 0), and the ranking operators (fuse, rerank) from their definitions in
+docs/engine.md.
+
 Scores from the engine (faiss look-up-table sums in float32) and from here (float64 dot products of decoded
 vectors) agree to about 1e-6. `EPSILON` is the tolerance of the tests: a result is *ambiguous* when a
-score sits within EPSILON of a radius threshold or of the K-th score of a top-K, or two centroids tie within
-EPSILON at the nprobe boundary; set equality is required only for results that are not ambiguous.
+score sits within EPSILON of a radius threshold or of the K-th score of a top-K, two centroids tie within
+EPSILON at the nprobe boundary, the N-th and (N+1)-th first-stage scores of a rerank are within EPSILON, or
+two neighbours of an RRF ranking are within EPSILON where swapping them would move their scores by EPSILON / 2
+or more; set equality is required only for results that are not ambiguous. Exact ties there are not
+ambiguous: ranking operators use nn scores decoded from the codes, so documents with the same code tie exactly
+in the engine too, and both sides compute BM25 with the same float64 operations on the same numbers.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,7 +31,9 @@ import numpy as np
 
 from ebr.retrieval.index import CLUSTER_FIELD_PREFIX, EngineIndex
 from ebr.retrieval.quantized import NNField, coarse_lists
-from ebr.retrieval.query import NN, And, Node, Not, Or, Term, nn_nodes, scored_terms
+from ebr.retrieval.query import NN, And, Fuse, Node, Not, Or, Rerank, Term, nn_nodes, scored_terms
+from ebr.retrieval.scoring import DEFAULT_BM25, BM25Params
+from ebr.retrieval.terms import TEXT_PREFIX, query_terms
 
 EPSILON = 1e-4
 
@@ -60,7 +71,7 @@ def quantised_view(index: EngineIndex, key: str) -> QuantisedKey:
 
 @dataclass
 class ReferenceResult:
-    scores: dict[int, float | None]  # doc id -> score of every matching document
+    scores: dict[int, float | None]  # doc id -> score of every result
     ambiguous: bool
 
 
@@ -76,18 +87,113 @@ def _in_bounds(payload: float | None, node: Term) -> bool:
     )
 
 
+def _frequency(payload: float | None) -> float:
+    return 1.0 if payload is None else max(float(np.float32(payload)), 0.0)
+
+
+def bm25_reference(docs: Docs, query_text: str | None, params: BM25Params) -> dict[int, float]:
+    """Lucene's BM25 of every document for the query text, document by document in float64."""
+    k1, b = params.k1, params.b
+    lengths = {
+        d: sum(_frequency(p) for t, p in terms.items() if t.startswith(TEXT_PREFIX))
+        for d, terms in docs.items()
+    }
+    n = len(docs)
+    mean_length = sum(lengths.values()) / n if n else 0.0
+    out = dict.fromkeys(docs, 0.0)
+    for term in query_terms(query_text):
+        holders = [d for d, terms in docs.items() if term in terms]
+        idf = math.log(1 + (n - len(holders) + 0.5) / (len(holders) + 0.5))
+        for d in holders:
+            tf = _frequency(docs[d][term])
+            if tf > 0:
+                out[d] += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * lengths[d] / mean_length))
+    return out
+
+
 class _Evaluator:
     def __init__(
         self,
         docs: Docs,
         keys: Mapping[str, QuantisedKey],
         vectors: Mapping[str, np.ndarray],
+        query_text: str | None,
+        bm25: BM25Params,
     ):
         self.docs = docs
         self.all = set(docs)
         self.keys = keys
         self.vectors = vectors
+        self.query_text = query_text
+        self.bm25 = bm25
         self.ambiguous = False
+
+    def ranked(self, node: Node) -> dict[int, float | None]:
+        """doc id -> score of the results of a query whose root may be a ranking operator."""
+        if isinstance(node, Rerank):
+            return self.rerank(node, self.ranked(node.child))
+        if isinstance(node, Fuse):
+            scores = self.plain(node.child)
+            everywhere = bm25_reference(self.docs, self.query_text, self.bm25)
+            text = {d: everywhere[d] for d in scores}
+            if node.bm25 is not None:
+                return self.linear(text, scores, node.bm25)
+            return self.rrf(text, scores, node.rrf)
+        return self.plain(node)
+
+    def rerank(self, node: Rerank, first: dict[int, float | None]) -> dict[int, float | None]:
+        order = sorted(first, key=lambda d: (first[d] is None, -(first[d] or 0.0), d))
+        if len(order) > node.n:
+            last, after = first[order[node.n - 1]], first[order[node.n]]
+            if last is not None and after is not None and 0 < last - after < EPSILON:
+                self.ambiguous = True
+        doc_ids, scores = self.scores(node.key)
+        cos = dict(zip(doc_ids.tolist(), scores.tolist(), strict=True))
+        return {d: cos.get(d) for d in order[: node.n]}
+
+    @staticmethod
+    def linear(
+        text: dict[int, float], scores: dict[int, float | None], weight: float
+    ) -> dict[int, float | None]:
+        best = max(text.values(), default=0.0)
+        return {
+            d: (weight * text[d] / best if best > 0 else 0.0) + (1 - weight) * (scores[d] or 0.0)
+            for d in scores
+        }
+
+    def rrf(self, text: dict[int, float], scores: dict[int, float | None], k: int) -> dict[int, float | None]:
+        fused: dict[int, float | None] = dict.fromkeys(scores, 0.0)
+        rankings = (
+            {d: v for d, v in text.items() if v > 0},
+            {d: v for d, v in scores.items() if v is not None},
+        )
+        for values in rankings:
+            order = sorted(values, key=lambda d: (-values[d], d))
+            for rank, d in enumerate(order, 1):
+                fused[d] += 1 / (k + rank)
+                near = rank < len(order) and 0 < values[d] - values[order[rank]] < EPSILON
+                if near and 1 / (k + rank) - 1 / (k + rank + 1) >= EPSILON / 2:
+                    self.ambiguous = True
+        return fused
+
+    def plain(self, node: Node) -> dict[int, float | None]:
+        """doc id -> score of the matches of a plain expression (best over its nn keys and the payloads of its
+        `:score` terms)."""
+        matches = self.eval(node)
+        scores: dict[int, float | None] = dict.fromkeys(matches)
+        for key in sorted({n.key for n in nn_nodes(node)}):
+            doc_ids, key_scores = self.scores(key)
+            for d, s in zip(doc_ids.tolist(), key_scores.tolist(), strict=True):
+                if d in scores:
+                    best = scores[d]
+                    scores[d] = s if best is None else max(best, s)
+        for term in scored_terms(node):
+            for d in matches:
+                payload = self.docs[d].get(term)
+                if payload is not None:
+                    best, value = scores[d], float(np.float32(payload))
+                    scores[d] = value if best is None else max(best, value)
+        return scores
 
     def eval(self, node: Node) -> set[int]:
         if isinstance(node, Term):
@@ -153,22 +259,10 @@ def evaluate(
     docs: Docs,
     keys: Mapping[str, QuantisedKey],
     vectors: Mapping[str, np.ndarray],
+    query_text: str | None = None,
+    bm25: BM25Params = DEFAULT_BM25,
 ) -> ReferenceResult:
-    """The matching documents of `root` with their scores (best over the expression's nn keys and the
-    payloads of its `:score` terms)."""
-    evaluator = _Evaluator(docs, keys, vectors)
-    matches = evaluator.eval(root)
-    scores: dict[int, float | None] = dict.fromkeys(matches)
-    for key in sorted({n.key for n in nn_nodes(root)}):
-        doc_ids, key_scores = evaluator.scores(key)
-        for d, s in zip(doc_ids.tolist(), key_scores.tolist(), strict=True):
-            if d in scores:
-                best = scores[d]
-                scores[d] = s if best is None else max(best, s)
-    for term in scored_terms(root):
-        for d in matches:
-            payload = docs[d].get(term)
-            if payload is not None:
-                best, value = scores[d], float(np.float32(payload))
-                scores[d] = value if best is None else max(best, value)
-    return ReferenceResult(scores, evaluator.ambiguous)
+    """The results of `root` with their scores: those of its ranking operators, or the best over its nn keys
+    and the payloads of its `:score` terms."""
+    evaluator = _Evaluator(docs, keys, vectors, query_text, bm25)
+    return ReferenceResult(evaluator.ranked(root), evaluator.ambiguous)

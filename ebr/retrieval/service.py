@@ -25,7 +25,7 @@ from ebr import home, registry
 from ebr.retrieval.config import EngineConfig
 from ebr.retrieval.executor import ORDERS, ExecutionError, Hits, check_executable
 from ebr.retrieval.index import unit_vector
-from ebr.retrieval.query import Node, QueryError, expand_text, nn_nodes, parse_cached
+from ebr.retrieval.query import Node, QueryError, expand_text, parse_cached, vector_nodes
 from ebr.retrieval.store import Engine, EngineLockedError
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class SearchResponse:
         }
         if explain:
             out["nn"] = [vars(s) for s in self.hits.nn]
+            out["ranking"] = [vars(s) for s in self.hits.ranking]
         return out
 
 
@@ -179,18 +180,19 @@ class SearchService:
         return root
 
     def query_vectors(self, root: Node, request: SearchRequest) -> dict[str, np.ndarray]:
-        """A unit query embedding for every nn key of the expression: given explicitly, or from the towers."""
-        keys = sorted({n.key for n in nn_nodes(root)})
+        """A unit query embedding for every nn and rerank key of the expression: given explicitly, or from
+        the towers."""
+        keys = sorted({n.key for n in vector_nodes(root)})
         vectors: dict[str, np.ndarray] = {}
         for key in keys:
             d = self.engine.index.fields[key].d
             given = request.vector.get(key) if isinstance(request.vector, Mapping) else request.vector
             if given is not None:
-                vectors[key] = unit_vector(given, d, f"vector for nn key {key!r}", SearchError)
+                vectors[key] = unit_vector(given, d, f"vector for embedding key {key!r}", SearchError)
                 continue
             if request.query_text is None and request.searcher_id is None:
                 raise SearchError(
-                    f"(nn {key} ...) needs a query embedding: give query text, a searcher or a vector"
+                    f"embedding key {key!r} needs a query embedding: give query text, a searcher or a vector"
                 )
             vectors[key] = unit_vector(
                 self._encode(key, request), d, f"query embedding of {key!r}", SearchError
@@ -240,7 +242,14 @@ class SearchService:
         vectors = self.query_vectors(root, request)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s  # for the engine's work
         hits = self.engine.search(
-            root, vectors, limit=limit, order=order, deadline=deadline, costs=self.config.planner
+            root,
+            vectors,
+            limit=limit,
+            order=order,
+            deadline=deadline,
+            costs=self.config.planner,
+            query_text=request.query_text,
+            bm25=self.config.bm25,
         )
         return SearchResponse(self.version, str(root), hits, 1000 * (time.monotonic() - started))
 

@@ -53,6 +53,7 @@ from ebr.retrieval.index import (
     check_doc_id,
 )
 from ebr.retrieval.query import Node
+from ebr.retrieval.scoring import DEFAULT_BM25, BM25Params
 
 _HEADER = struct.Struct("<II")
 
@@ -275,10 +276,20 @@ class Engine:
         order: str = "score",
         deadline: float | None = None,
         costs: PlannerCosts = DEFAULT_COSTS,
+        query_text: str | None = None,
+        bm25: BM25Params = DEFAULT_BM25,
     ) -> Hits:
         with self._rw.read():
             return execute(
-                self.index, root, vectors, limit=limit, order=order, deadline=deadline, costs=costs
+                self.index,
+                root,
+                vectors,
+                limit=limit,
+                order=order,
+                deadline=deadline,
+                costs=costs,
+                query_text=query_text,
+                bm25=bm25,
             )
 
     def document(self, doc_id: int) -> dict[str, Any] | None:

@@ -2,18 +2,21 @@
 
 A term is `field:value`. Both sides are normalised the same way at index time and at query time: Unicode
 NFKD with accents removed, case folded, apostrophes dropped inside words, every other run of characters that
-are not letters or digits turned into one `_` (values) or a token boundary (text).
+are not letters or digits turned into one `_` (values) or a token boundary (text). A text's tokens are its
+`text:` terms; in a document, one that occurs more than once carries its frequency as its payload.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
 _APOSTROPHES = re.compile(r"['\u2019`]")
 _NON_WORD = re.compile(r"[^0-9a-z]+")
 _FIELD = re.compile(r"^[a-z0-9_.+\-]+$")
+TEXT_PREFIX = "text:"  # the field of a text's tokens, the terms BM25 scores
 
 
 def fold(text: str) -> str:
@@ -48,24 +51,36 @@ def normalize_term(term: str) -> str:
 
 def query_terms(text: str | None) -> list[str]:
     """The `text:<token>` terms of a query, in order, without repeats."""
-    return list(dict.fromkeys(f"text:{t}" for t in tokens(text or "")))
+    return list(text_terms([text or ""]))
+
+
+def text_terms(texts: Sequence[str]) -> dict[str, int]:
+    """The `text:<token>` terms of one or more texts with their counts, in first occurrence order."""
+    return dict(Counter(f"{TEXT_PREFIX}{t}" for text in texts for t in tokens(text)))
 
 
 def document_terms(
     vertical: str,
-    title: str,
+    title: str | Sequence[str],
     city: str | None = None,
     region: str | None = None,
     country: str | None = None,
     extra: Iterable[str] = (),
-) -> list[str]:
-    """The terms of a document: its vertical, the tokens of its title, its location, plus `extra` terms.
+) -> list[str | tuple[str, int]]:
+    """The terms of a document: its vertical, the tokens of its text fields, its location, plus `extra` terms.
 
-    `extra` are already namespaced (e.g. `user:42`) and are normalised like the others.
+    `title` is one text or several (e.g. title and body); a text term that occurs more than once comes as a
+    (term, frequency) pair, its payload. `extra` are already namespaced (e.g. `user:42`) and are normalised
+    like the others. A term is kept once, at its first occurrence.
     """
-    terms = [f"vertical:{term_value(vertical)}", *query_terms(title)]
+    texts = [title] if isinstance(title, str) else title
+    terms: list[str | tuple[str, int]] = [f"vertical:{term_value(vertical)}"]
+    terms += [t if count == 1 else (t, count) for t, count in text_terms(texts).items()]
     for field, value in (("location", city), ("region", region), ("country", country)):
         if value and term_value(value):
             terms.append(f"{field}:{term_value(value)}")
     terms.extend(normalize_term(t) for t in extra)
-    return list(dict.fromkeys(terms))
+    first: dict[str, str | tuple[str, int]] = {}
+    for term in terms:
+        first.setdefault(term if isinstance(term, str) else term[0], term)
+    return list(first.values())

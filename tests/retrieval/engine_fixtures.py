@@ -33,6 +33,8 @@ LOCATIONS = ["location:seattle", "location:menlo_park", "location:paris", "locat
 WORDS = [f"text:w{i}" for i in range(8)]
 VERTICALS = ["vertical:people", "vertical:groups"]
 PAYLOADS = [-0.5, 0.1, 0.25, 0.35, 0.5, 0.8, 1.0]  # 0.1 and 0.35 are not exact in float32
+FREQUENCIES = [2.0, 3.0, 4.0]
+TEXT_PAYLOADS = [*PAYLOADS, *FREQUENCIES]  # a text term's payload is its frequency (BM25: below 0 counts 0)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -87,8 +89,8 @@ class Corpus:
 
 
 def make_corpus(seed: int, n: int, payloads: bool = False) -> Corpus:
-    """`n` documents; with `payloads`, about 70% of their text terms carry one of PAYLOADS (the terms and
-    embeddings are the same either way)."""
+    """`n` documents; with `payloads`, about 70% of their text terms carry one of TEXT_PAYLOADS, their
+    frequency (the terms and embeddings are the same either way)."""
     rng = np.random.default_rng(seed)
     doc_ids = rng.choice(10**9, size=n, replace=False).astype(np.int64)
     terms = []
@@ -99,7 +101,11 @@ def make_corpus(seed: int, n: int, payloads: bool = False) -> Corpus:
     embeddings = {key: clustered(rng, n) for key in FACTORIES}
     weights = np.random.default_rng(seed + 10_000)
     doc_payloads = [
-        {t: PAYLOADS[int(weights.integers(len(PAYLOADS)))] for t in doc[2:] if weights.random() < 0.7}
+        {
+            t: TEXT_PAYLOADS[int(weights.integers(len(TEXT_PAYLOADS)))]
+            for t in doc[2:]
+            if weights.random() < 0.7
+        }
         if payloads
         else {}
         for doc in terms

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from engine_fixtures import D, clustered, corpus_index, make_corpus, write_version
 
-from ebr.retrieval.build import build_engine
+from ebr.retrieval.build import build_engine, read_document_terms
 from ebr.retrieval.executor import execute
 from ebr.retrieval.index import EngineIndex
 from ebr.retrieval.quantized import UnsupportedIndexError
@@ -62,3 +62,30 @@ def test_unusable_inputs_are_named(tmp_path: Path, trained) -> None:
     pd.read_parquet(version / "documents.parquet").iloc[1:].to_parquet(version / "documents.parquet")
     with pytest.raises(ValueError, match=f"doc_id {corpus.doc_ids[0]} of doc_ids.npy has no row"):
         build_engine(tmp_path / "v0001" / "engine3")
+
+
+def test_documents_parquet_may_give_payloads_in_an_aligned_column(tmp_path: Path, trained) -> None:
+    path = tmp_path / "documents.parquet"
+    terms = [["vertical:people", "text:anna", "text:lee"], ["vertical:people"], []]
+    pd.DataFrame({"doc_id": [5, 6, 7], "terms": terms}).to_parquet(path, index=False)
+    assert read_document_terms(path, np.array([6, 5, 7])) == [terms[1], terms[0], []]  # without: plain terms
+    payloads = [np.array([np.nan, 2.0, np.nan], np.float32), np.array([np.nan], np.float32), None]
+    pd.DataFrame({"doc_id": [5, 6, 7], "terms": terms, "payloads": payloads}).to_parquet(path, index=False)
+    assert read_document_terms(path, np.array([5, 6, 7])) == [
+        ["vertical:people", ("text:anna", 2.0), "text:lee"],
+        ["vertical:people"],
+        [],
+    ]
+    payloads[1] = np.array([1.0, 2.0], np.float32)
+    pd.DataFrame({"doc_id": [5, 6, 7], "terms": terms, "payloads": payloads}).to_parquet(path, index=False)
+    with pytest.raises(ValueError, match="doc_id 6: 1 terms but 2 payloads"):
+        read_document_terms(path, np.array([5, 6]))
+    # a published version with term frequencies: format 2, text lengths from them
+    corpus = make_corpus(seed=43, n=20)
+    version = write_version(tmp_path / "v0001", corpus, trained)
+    frequencies = [np.array([np.nan, np.nan] + [3.0] * (len(t) - 2), np.float32) for t in corpus.terms]
+    documents = pd.read_parquet(version / "documents.parquet").assign(payloads=frequencies)
+    documents.to_parquet(version / "documents.parquet", index=False)
+    index = EngineIndex.load(build_engine(version / "engine2"))
+    assert index.has_payloads
+    assert index.text_lengths.tolist() == [3.0 * (len(t) - 2) for t in corpus.terms]

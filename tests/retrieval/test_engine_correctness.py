@@ -1,4 +1,5 @@
-"""The engine against the brute-force reference: random expressions, random vectors, random updates."""
+"""The engine against the brute-force reference: random expressions (sometimes under ranking operators),
+random query texts and vectors, random updates."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from engine_fixtures import (
     FACTORIES,
     FORCED_PLANS,
     LOCATIONS,
-    PAYLOADS,
+    TEXT_PAYLOADS,
     VERTICALS,
     WORDS,
     clustered,
@@ -22,14 +23,14 @@ from hypothesis import strategies as st
 
 from ebr.retrieval.executor import PlannerCosts, execute
 from ebr.retrieval.index import EngineIndex, parse_terms
-from ebr.retrieval.query import NN, And, Not, Or, Term, parse
+from ebr.retrieval.query import NN, And, AnyText, Fuse, Not, Or, Rerank, Term, Text, expand_text, parse
 from ebr.retrieval.reference import EPSILON, Docs, evaluate, quantised_view
 
 QUERIES = {key: clustered(np.random.default_rng(99 + i), 64) for i, key in enumerate(FACTORIES)}
 CLUSTER_TERMS = [f"nn.unified:{i}" for i in range(16)] + [f"nn.text:{i}" for i in range(8)]
 
 plain_terms = st.sampled_from([*LOCATIONS, *WORDS, *VERTICALS, "text:absent", *CLUSTER_TERMS[:3]]).map(Term)
-bounds = st.one_of(st.none(), st.sampled_from(PAYLOADS), st.floats(-1.0, 1.5).map(lambda x: round(x, 2)))
+bounds = st.one_of(st.none(), st.sampled_from(TEXT_PAYLOADS), st.floats(-1.0, 4.5).map(lambda x: round(x, 2)))
 
 
 def payload_term(term: str, low: float | None, high: float | None, score: bool) -> Term:
@@ -55,7 +56,7 @@ nn_top_k = st.builds(
     st.integers(1, 16),
 )
 expressions = st.recursive(
-    st.one_of(terms, nn_radius, nn_top_k),
+    st.one_of(terms, nn_radius, nn_top_k, st.just(Text()), st.just(AnyText())),
     lambda inner: st.one_of(
         st.lists(inner, max_size=4).map(lambda c: And(tuple(c))),
         st.lists(inner, max_size=4).map(lambda c: Or(tuple(c))),
@@ -63,15 +64,37 @@ expressions = st.recursive(
     ),
     max_leaves=10,
 )
+fused = st.builds(
+    lambda child, linear, weight, k: Fuse(child, bm25=weight) if linear else Fuse(child, rrf=k),
+    st.one_of(expressions, expressions.map(lambda e: Or((e, AnyText())))),  # the latter: text matches
+    st.booleans(),
+    st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0).map(lambda w: round(w, 2))),
+    st.integers(1, 100),
+)
+
+
+def reranked(child: st.SearchStrategy) -> st.SearchStrategy:
+    return st.builds(
+        lambda key, n, c: Rerank(key, n, c), st.sampled_from(sorted(FACTORIES)), st.integers(1, 60), child
+    )
+
+
+queries = st.one_of(expressions, fused, reranked(st.one_of(expressions, fused)), reranked(reranked(fused)))
+tokens = st.sampled_from([w.partition(":")[2] for w in WORDS] + ["absent"])
+query_texts = st.one_of(st.just(""), st.lists(tokens, min_size=1, max_size=4).map(" ".join))
 vector_rows = st.integers(0, 63)
 FORCE = {**FORCED_PLANS, "default": PlannerCosts()}
 
 
-def assert_matches_reference(index: EngineIndex, docs: Docs, expr, row: int, costs: PlannerCosts) -> None:
+def assert_matches_reference(
+    index: EngineIndex, docs: Docs, query, row: int, costs: PlannerCosts, text: str
+) -> None:
     vectors = {key: QUERIES[key][row] for key in FACTORIES}
-    expected = evaluate(expr, docs, {k: quantised_view(index, k) for k in FACTORIES}, vectors)
+    expr = expand_text(query, text)
+    views = {k: quantised_view(index, k) for k in FACTORIES}
+    expected = evaluate(expr, docs, views, vectors, query_text=text)
     assume(not expected.ambiguous)
-    hits = execute(index, expr, vectors, costs=costs)
+    hits = execute(index, expr, vectors, costs=costs, query_text=text)
     got = dict(zip(hits.doc_ids.tolist(), hits.scores.tolist(), strict=True))
     assert set(got) == set(expected.scores), str(expr)
     assert hits.total == len(got)
@@ -99,22 +122,22 @@ def world(trained) -> World:
     return World(corpus_index(corpus, trained), corpus.doc_terms())
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(expr=expressions, row=vector_rows, plan=st.sampled_from(sorted(FORCE)))
-def test_random_expressions_equal_the_reference(world, expr, row, plan) -> None:
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=queries, text=query_texts, row=vector_rows, plan=st.sampled_from(sorted(FORCE)))
+def test_random_expressions_equal_the_reference(world, query, text, row, plan) -> None:
     """Under each nn plan (forced by its costs) the engine equals the reference."""
-    assert_matches_reference(world.index, world.docs, expr, row, FORCE[plan])
+    assert_matches_reference(world.index, world.docs, query, row, FORCE[plan], text)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(expr=expressions)
-def test_printed_expressions_parse_back(expr) -> None:
-    assert str(parse(str(expr))) == str(expr)
+@given(query=queries)
+def test_printed_expressions_parse_back(query) -> None:
+    assert str(parse(str(query))) == str(query)
 
 
 def term_lists(names: list[str]) -> st.SearchStrategy[list[tuple[str, float | None]]]:
     """Distinct terms, each with a payload or None."""
-    pair = st.tuples(st.sampled_from(names), st.one_of(st.none(), st.sampled_from(PAYLOADS)))
+    pair = st.tuples(st.sampled_from(names), st.one_of(st.none(), st.sampled_from(TEXT_PAYLOADS)))
     return st.lists(pair, max_size=3, unique_by=lambda p: p[0])
 
 
@@ -138,11 +161,12 @@ change = st.one_of(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     changes=st.lists(change, max_size=25),
-    exprs=st.lists(expressions, min_size=1, max_size=3),
+    exprs=st.lists(queries, min_size=1, max_size=3),
+    text=query_texts,
     row=vector_rows,
     compact=st.booleans(),
 )
-def test_realtime_changes_equal_the_reference(trained, changes, exprs, row, compact) -> None:
+def test_realtime_changes_equal_the_reference(trained, changes, exprs, text, row, compact) -> None:
     """Adds, updates and deletes (terms with payloads, embeddings) are visible to the next query, before and
     after compaction; the reference is a plain dict of term -> payload dicts updated alongside."""
     from ebr.retrieval.index import Document, Update
@@ -173,5 +197,5 @@ def test_realtime_changes_equal_the_reference(trained, changes, exprs, row, comp
     if compact:
         index = index.compacted()
     assert index.live_count == len(docs)
-    for expr in exprs:
-        assert_matches_reference(index, docs, expr, row, FORCE["default"])
+    for expr in [Fuse(AnyText(), bm25=1.0), *exprs]:  # the first: BM25 of every text match
+        assert_matches_reference(index, docs, expr, row, FORCE["default"], text)

@@ -20,7 +20,7 @@ from ebr.retrieval.api import create_app
 from ebr.retrieval.config import load_engine_config
 from ebr.retrieval.executor import execute
 from ebr.retrieval.index import EngineIndex
-from ebr.retrieval.query import parse
+from ebr.retrieval.query import expand_text, parse
 from ebr.retrieval.service import HotSwapper, SearchRequest, SearchService
 
 Q = clustered(np.random.default_rng(77), 1)[0]
@@ -182,6 +182,27 @@ def test_http_search_updates_and_errors(client: TestClient) -> None:
     assert client.put("/documents/12345", json={"terms": []}).status_code == 404
 
 
+def test_http_search_with_ranking_operators(client: TestClient, served: Path) -> None:
+    expr = "(rerank unified :n 5 (fuse :rrf 60 (or $anytext (nn unified :k 20 :nprobe 8))))"
+    body = search(client, expr=expr, query_text="w1 w2", explain=True)
+    expected = execute(
+        EngineIndex.load(served / "engine"),
+        expand_text(parse(expr), "w1 w2"),
+        {"unified": Q},
+        limit=100,
+        query_text="w1 w2",
+    )
+    assert body["results"] == expected.as_dicts() and body["total"] == 5
+    assert [(r["operator"], r["method"], r["kept"]) for r in body["ranking"]] == [
+        ("fuse", "rrf", expected.ranking[0].kept),
+        ("rerank", "unified", 5),
+    ]
+    no_vector = client.post("/search", json={"expr": "(rerank unified :n 5 (term vertical:people))"})
+    assert no_vector.status_code == 400 and "'unified' needs a query embedding" in no_vector.json()["detail"]
+    misplaced = client.post("/search", json={"expr": "(and (fuse :rrf 1 $text))", "query_text": "w1"})
+    assert misplaced.status_code == 400 and misplaced.json()["position"] == 5
+
+
 def test_http_documents_with_term_payloads(client: TestClient) -> None:
     pairs = {"doc_id": 5, "terms": ["vertical:people", ["quality:static", 0.75]]}
     mapping = {"doc_id": 6, "terms": {"vertical:people": None, "quality:static": 0.25}}
@@ -269,9 +290,14 @@ def test_hot_reload_swaps_versions_without_failing_requests(served: Path, ebr_ho
 def test_config_defaults_match_the_code_and_bad_settings_are_named() -> None:
     from ebr.retrieval.executor import PlannerCosts
     from ebr.retrieval.query import Limits
+    from ebr.retrieval.scoring import BM25Params
 
     config = load_engine_config()
-    assert config.planner == PlannerCosts() and config.limits == Limits()
+    assert config.planner == PlannerCosts() and config.limits == Limits() and config.bm25 == BM25Params()
+    with pytest.raises(ValueError, match="engine.bm25.k1 must be at least 0, got -1"):
+        load_engine_config(["engine.bm25.k1=-1"])
+    with pytest.raises(ValueError, match="engine.bm25.b must be between 0 and 1, got 1.5"):
+        load_engine_config(["engine.bm25.b=1.5"])
     with pytest.raises(ValueError, match="max_depth"):
         load_engine_config(["engine.limits.max_depth=500"])
     with pytest.raises(ValueError, match="order"):
