@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     from ebr.config import load_config
     from ebr.mining.rounds import run_mining
-    from ebr.models.features import build_features, split_sessions
+    from ebr.models.features import build_features, split_from_config
     from ebr.models.training import load_module
     from ebr.steps.evaluate import evaluate, load_intents
 
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         *args.override,
     ]
     base = load_config(common)
-    split = split_sessions(db, int(base.data.heldout_sessions), float(base.eval.heldout_max_fraction))
+    split = split_from_config(db, base)
     features = build_features(db, base, split)
     intents = load_intents(args.home / "worlds" / f"{args.scale}-s7" / "ground_truth" / "intents.parquet")
 

@@ -30,12 +30,10 @@ sys.path.insert(0, str(ROOT))
 def _features(overrides: list[str]) -> tuple[DictConfig, FeatureSet]:
     from ebr import home
     from ebr.config import load_config
-    from ebr.models.features import build_features, split_sessions
+    from ebr.models.features import build_features, split_from_config
 
     cfg = load_config(["train.progress_bar=false", *overrides])
-    split = split_sessions(
-        home.db_path(), int(cfg.data.heldout_sessions), float(cfg.eval.heldout_max_fraction)
-    )
+    split = split_from_config(home.db_path(), cfg)
     return cfg, build_features(home.db_path(), cfg, split)
 
 

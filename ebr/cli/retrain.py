@@ -19,8 +19,8 @@ def command(overrides: tuple[str, ...], as_json: bool, no_publish: bool, resume:
     or `data.logs_dir=/path/to/logs`. Writes runs/<run_id>/report.json under $EBR_HOME; publishes a new
     index version when the recall gate passes. Exit status 1 when the gate fails (nothing published).
     """
+    from ebr.evaluation.gate import GateFailedError
     from ebr.flows.retrain import retrain
-    from ebr.steps.gate import GateFailedError
 
     try:
         report = retrain(publish=not no_publish, resume=resume, overrides=list(overrides))

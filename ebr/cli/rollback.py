@@ -16,7 +16,7 @@ def command(version: str) -> None:
     import duckdb
 
     from ebr.registry import CorruptVersionError
-    from ebr.steps.publish import UnknownVersionError, rollback
+    from ebr.registry.catalogue import UnknownVersionError, rollback
 
     try:
         previous = rollback(version)

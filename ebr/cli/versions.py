@@ -22,7 +22,7 @@ def command(as_json: bool, verify: bool) -> None:
     """
     import duckdb
 
-    from ebr.steps.publish import list_versions
+    from ebr.registry.catalogue import list_versions
 
     try:
         versions = list_versions(verify=verify)

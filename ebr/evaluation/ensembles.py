@@ -1,6 +1,7 @@
-"""The ensemble step: retrievers from config, ensemble weights chosen on the validation split, and the table
-comparing every single model, ensemble and cascade before and after quantisation (§6.2: ensemble gains can
-shrink once quantised, so the served retriever is picked on quantised recall).
+"""Ensembles (§6.2): retrievers from config, ensemble weights chosen on the tuning sessions, and the table
+comparing every single model, ensemble and cascade with exact KNN and through its quantised index (ensemble
+gains can shrink once quantised). What is served per vertical is chosen through the engine itself
+(ebr/retrieval/calibration.py).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ebr.ann.knn import recall_at_k
-from ebr.models.ensembles import choose_weights
-from ebr.retrieval.retrievers import RetrieverSpec, search_rows, single
+from ebr.ann.knn import as_float32, exact_knn, recall_at_k
+from ebr.models.ensembles import cascade_search, choose_weights, l2_normalize
+from ebr.retrieval.retrievers import RetrieverSpec, index_docs, index_queries, single
 
 
 def specs_from_config(
@@ -24,7 +25,7 @@ def specs_from_config(
     Returns (specs, skipped) where skipped names each configured retriever lacking a model and why.
     """
     specs, skipped = [], []
-    candidates = [single(key) for key in cfg["models"]]
+    candidates = [single(key) for key in (cfg["models"] or available)]
     candidates += [
         RetrieverSpec(
             name=e["name"], kind="ensemble", keys=tuple(e["keys"]), weights=tuple(e.get("weights") or ())
@@ -77,6 +78,32 @@ def fill_weights(
     return out, tables
 
 
+def search_rows(
+    spec: RetrieverSpec,
+    query_vectors: Mapping[str, np.ndarray],
+    doc_vectors: Mapping[str, np.ndarray],
+    k: int,
+    index: faiss.Index | None = None,
+) -> np.ndarray:
+    """Top-k document rows (n_queries, k), -1 padded: exact KNN, or through `index` when given."""
+    if spec.kind == "cascade":
+        first, second = spec.keys
+        _, rows = cascade_search(
+            l2_normalize(query_vectors[first]),
+            doc_vectors.get(first) if index is None else None,
+            query_vectors[second],
+            doc_vectors[second],
+            spec.n,
+            k,
+            first_index=index,
+        )
+        return rows
+    queries = index_queries(spec, query_vectors)
+    if index is None:
+        return exact_knn(queries, index_docs(spec, doc_vectors), k)[1]
+    return index.search(as_float32(queries), k)[1]
+
+
 def evaluation_table(
     specs: Sequence[RetrieverSpec],
     query_vectors: Mapping[str, np.ndarray],
@@ -109,18 +136,6 @@ def evaluation_table(
             }
         )
     return rows
-
-
-def pick_served(rows: Sequence[Mapping[str, Any]], serve: str) -> str:
-    """`serve` if it names a retriever; with serve="best", the highest recall (quantised when measured)."""
-    names = [r["name"] for r in rows]
-    if serve != "best":
-        if serve not in names:
-            raise ValueError(f"ensemble.serve={serve!r} is not one of the evaluated retrievers {names}")
-        return serve
-    return max(
-        rows, key=lambda r: r["recall_exact"] if r["recall_quantised"] is None else r["recall_quantised"]
-    )["name"]
 
 
 def evaluation_markdown(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -1,5 +1,6 @@
 """Prefect flow `retrain`: logs -> ingest -> train -> validated mining -> evaluate -> ensembles and ANN tuning
--> recall gate -> publication. Steps live in ebr/steps/retrain.py; this module only wires them.
+-> serving (templates calibrated through the engine, candidate staged) -> recall gate -> publication. Each
+task is one module of ebr/steps/; this module only wires them.
 
     ebr retrain [HYDRA_OVERRIDES...] [--json]
     python -m ebr.flows.retrain [HYDRA_OVERRIDES...]          # -m for a Hydra sweep, one flow run per job
@@ -28,21 +29,29 @@ from prefect.cache_policies import NO_CACHE
 
 from ebr import home
 from ebr.config import load_config
+from ebr.evaluation.gate import GateFailedError, GateResult
 from ebr.ingestion.ingest import ingest_logs
+from ebr.io import atomic_write_text
 from ebr.progress import use_progress
-from ebr.registry import atomic_write_text
 from ebr.runners import use_runner
 from ebr.runs import start_run
-from ebr.steps import retrain as steps
-from ebr.steps.gate import GateFailedError, GateResult
+from ebr.steps.ensembles import ensembles_and_index
+from ebr.steps.evaluate import evaluate_models
+from ebr.steps.features import features_for
+from ebr.steps.gate import run_gate
+from ebr.steps.logs import world_dir
+from ebr.steps.mine import mine_and_train
+from ebr.steps.publish import publish_candidate
 from ebr.steps.resume import run_step
+from ebr.steps.serving import choose_serving
+from ebr.steps.train import train_models
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5, "cache_policy": NO_CACHE}
 
 
 @task(name="logs", **IO_RETRIES)
 def logs_task(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    return run_step(run_dir, "logs", lambda out: {"logs_dir": str(steps.world_dir(cfg))})
+    return run_step(run_dir, "logs", lambda out: {"logs_dir": str(world_dir(cfg))})
 
 
 @task(name="ingest", **IO_RETRIES)
@@ -62,7 +71,7 @@ def ingest_task(cfg: DictConfig, run_dir: Path, logs_dir: str, run_id: str) -> d
 
 @task(name="train-towers", timeout_seconds=3600, cache_policy=NO_CACHE)
 def train_task(cfg: DictConfig, run_dir: Path, features: Any) -> dict[str, Any]:
-    summary = run_step(run_dir, "train", lambda out: steps.train_models(cfg, features, out))
+    summary = run_step(run_dir, "train", lambda out: train_models(cfg, features, out))
     create_table_artifact(
         key="training-summary",
         table=[{"model": m, **_flat(i["training"])} for m, i in summary["models"].items()],
@@ -74,7 +83,7 @@ def train_task(cfg: DictConfig, run_dir: Path, features: Any) -> dict[str, Any]:
 @task(name="mine-and-train", timeout_seconds=3600, cache_policy=NO_CACHE)
 def mine_task(cfg: DictConfig, run_dir: Path, features: Any, run_id: str) -> dict[str, Any]:
     summary = run_step(
-        run_dir, "mine", lambda out: steps.mine_and_train(cfg, home.db_path(), features, out, run_id)
+        run_dir, "mine", lambda out: mine_and_train(cfg, home.db_path(), features, out, run_id)
     )
     create_table_artifact(
         key="mined-tables",
@@ -86,7 +95,7 @@ def mine_task(cfg: DictConfig, run_dir: Path, features: Any, run_id: str) -> dic
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(cfg: DictConfig, run_dir: Path, features: Any, models: dict[str, Any]) -> dict[str, Any]:
-    report = run_step(run_dir, "evaluate", lambda out: steps.evaluate_models(cfg, features, models, out))
+    report = run_step(run_dir, "evaluate", lambda out: evaluate_models(cfg, features, models, out))
     create_table_artifact(
         key="recall-table",
         table=[
@@ -101,46 +110,60 @@ def evaluate_task(cfg: DictConfig, run_dir: Path, features: Any, models: dict[st
 
 @task(name="ensembles-and-ann", cache_policy=NO_CACHE)
 def ensemble_task(cfg: DictConfig, run_dir: Path, features: Any, models: dict[str, Any]) -> dict[str, Any]:
-    summary = run_step(
-        run_dir, "ensembles", lambda out: steps.ensembles_and_index(cfg, features, models, out)
-    )
+    summary = run_step(run_dir, "ensembles", lambda out: ensembles_and_index(cfg, features, models, out))
     create_markdown_artifact(
         key="ann-operating-points",
         markdown="\n\n".join(
-            [f"## Retrievers (validation half)\n\n{(run_dir / 'ensembles' / 'ensembles.md').read_text()}"]
+            [f"## Retrievers (tuning sessions)\n\n{(run_dir / 'ensembles' / 'ensembles.md').read_text()}"]
             + [f"## ANN tuning of `{k}`\n\n{p['table3']}" for k, p in summary["operating_points"].items()]
         ),
-        description=f"Ensembles, cascades and ANN operating points; served: {summary['served']}",
+        description="Ensembles, cascades and ANN operating points (exact KNN vs quantised)",
+    )
+    return summary
+
+
+@task(name="serving", cache_policy=NO_CACHE)
+def serving_task(
+    cfg: DictConfig, run_dir: Path, features: Any, models: dict, ensembles: dict, run_id: str
+) -> dict[str, Any]:
+    def body(out: Path) -> dict[str, Any]:
+        index_dir = run_dir / "ensembles"
+        return choose_serving(cfg, home.db_path(), features, models, ensembles, index_dir, out, run_id)
+
+    summary = run_step(run_dir, "serving", body)
+    create_table_artifact(
+        key="serving-templates",
+        table=[
+            {
+                "vertical": v,
+                **{k: t.get(k) for k in ("retriever", "expr", "recall", "reference", "scanned", "met")},
+            }
+            for v, t in summary["serving"]["verticals"].items()
+        ],
+        description="Per vertical: the retriever served and its template, calibrated through the engine on "
+        "the tuning sessions (recall against the model's exact top-K, share of documents scanned)",
     )
     return summary
 
 
 @task(name="recall-gate", cache_policy=NO_CACHE)
-def gate_task(cfg: DictConfig, run_dir: Path, features: Any, models: dict, ensembles: dict) -> GateResult:
-    out = run_dir / "gate"
-    out.mkdir(parents=True, exist_ok=True)
-    retriever = steps.candidate_retriever(features, models, ensembles, run_dir / "ensembles")
-    result = steps.gate(cfg, home.db_path(), features, retriever, out)
+def gate_task(cfg: DictConfig, run_dir: Path, features: Any, models: dict, serving: dict) -> GateResult:
+    result = run_gate(cfg, home.db_path(), features, models, Path(serving["candidate"]), run_dir / "gate")
     create_markdown_artifact(key="recall-gate", markdown=result.markdown(), description=result.reason)
     return result
 
 
 @task(name="publish", **IO_RETRIES)
-def publish_task(
-    cfg: DictConfig,
-    run_dir: Path,
-    features: Any,
-    models: dict,
-    ensembles: dict,
-    gate: GateResult,
-    run_id: str,
-) -> str:
-    retriever = steps.candidate_retriever(features, models, ensembles, run_dir / "ensembles")
-    version = steps.publish(cfg, home.db_path(), retriever, models, ensembles, gate, gate.metrics(), run_id)
-    create_markdown_artifact(
-        key="publication", markdown=f"Published **{version}** (now served)\n\n{gate.reason}"
+def publish_task(run_dir: Path, serving: dict, gate: GateResult, run_id: str) -> str:
+    summary = run_step(
+        run_dir,
+        "publish",
+        lambda out: {"version": publish_candidate(Path(serving["candidate"]), gate, run_id)},
     )
-    return version
+    create_markdown_artifact(
+        key="publication", markdown=f"Published **{summary['version']}** (now served)\n\n{gate.reason}"
+    )
+    return summary["version"]
 
 
 @flow(name="retrain", log_prints=True)
@@ -188,7 +211,7 @@ def parameter_overrides(
         if value is not None:
             out.append(f"{key}={value}")
     if gate_floor is not None:
-        out += [f"gate.verticals.{v}.floor={gate_floor}" for v in ("people", "groups", "events")]
+        out.append(f"gate.floor={gate_floor}")
     return out
 
 
@@ -207,11 +230,11 @@ def run_retrain(cfg: DictConfig, publish: bool = True, run_id: str | None = None
     with use_runner(cfg.runner), use_progress(ProgressArtifacts()):
         logs = logs_task(cfg, run.path)
         report["ingest"] = ingest_task(cfg, run.path, logs["logs_dir"], run.run_id)
-        features = steps.features_for(cfg, home.db_path())
+        features = features_for(cfg, home.db_path())
         report["split"] = features.split.summary()
         trained = train_task(cfg, run.path, features)
         mined = mine_task(cfg, run.path, features, run.run_id)
-        models = steps.all_models(trained, mined)
+        models = {name: info for step in (trained, mined) for name, info in step["models"].items()}
         report["training"] = {m: i["training"] for m, i in models.items() if "training" in i}
         report["mining"] = mined["tables"]
         evaluation = evaluate_task(cfg, run.path, features, models)
@@ -221,8 +244,10 @@ def run_retrain(cfg: DictConfig, publish: bool = True, run_id: str | None = None
         report["ensembles"] = ensembles["table"]
         report["ann_operating_points"] = {k: p["chosen"] for k, p in ensembles["operating_points"].items()}
         report["ann_tables"] = {k: p["table3"] for k, p in ensembles["operating_points"].items()}
-        report["served_retriever"] = ensembles["served"]
-        gate = gate_task(cfg, run.path, features, models, ensembles)
+        serving = serving_task(cfg, run.path, features, models, ensembles, run.run_id)
+        report["serving"] = serving["serving"]
+        report["calibration"] = serving["calibration"]
+        gate = gate_task(cfg, run.path, features, models, serving)
     report["gate"] = {"passed": gate.passed, "reason": gate.reason, "checks": gate.to_dict()["checks"]}
     try:
         if not gate.passed:
@@ -230,9 +255,7 @@ def run_retrain(cfg: DictConfig, publish: bool = True, run_id: str | None = None
             error.report = report  # the CLI prints it; the flow run fails with the gate's one-line reason
             raise error
         if publish:
-            report["published_version"] = publish_task(
-                cfg, run.path, features, models, ensembles, gate, run.run_id
-            )
+            report["published_version"] = publish_task(run.path, serving, gate, run.run_id)
         else:
             create_markdown_artifact(
                 key="publication",

@@ -26,10 +26,10 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ebr.contracts.mined import MinedContractError, MinedPromise, validate_mined
+from ebr.io import atomic_write_text
 from ebr.mining import mine
 from ebr.mining.store import save_round
 from ebr.models.features import FeatureSet, Split
-from ebr.schema import VERTICALS
 
 if TYPE_CHECKING:
     from ebr.models.training import TrainedTower
@@ -173,7 +173,7 @@ def _hard_negatives(
     queries, docs = embedded
     doc_vertical = documents.set_index("doc_id")["vertical"].reindex(docs.ids).to_numpy()
     frames, stats = [], mine.HardNegativeStats(window=tuple(mcfg.hard.window))
-    for vertical in VERTICALS:
+    for vertical in sorted(documents["vertical"].unique()):
         vpos = pos[pos["vertical"] == vertical]
         in_vertical = doc_vertical == vertical
         if vpos.empty or not in_vertical.any():
@@ -293,18 +293,16 @@ def mine_and_train(cfg: DictConfig, db_path: Path, run_id: str | None = None) ->
 
     The run folder runs/<run_id>/ gets the resolved config, the checkpoints and report.json.
     """
-    from ebr.models.features import build_features, split_sessions
+    from ebr.models.features import build_features, split_from_config
     from ebr.runs import start_run
 
     check_config(cfg.mining)
     run = start_run(cfg, "mine", run_id)
-    split = split_sessions(db_path, int(cfg.data.heldout_sessions), float(cfg.eval.heldout_max_fraction))
+    split = split_from_config(db_path, cfg)
     features = build_features(db_path, cfg, split)
     report = run_mining(cfg, db_path, run.path, run.run_id, features)
     report["split"] = split.summary()
-    tmp = run.path / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    tmp.replace(run.path / "report.json")
+    atomic_write_text(run.path / "report.json", json.dumps(report, indent=2, default=str))
     return report
 
 

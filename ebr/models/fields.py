@@ -1,5 +1,6 @@
 """Feature columns: one row per query or document. A column is a categorical id array (int64), a dense
-matrix (float32) or weighted bags of ids (`Bags`, compressed rows) fed to `nn.EmbeddingBag`.
+matrix (float32), weighted bags of ids (`Bags`, compressed rows) fed to `nn.EmbeddingBag`, or texts (an object
+array of str, for a pretrained encoder inside a tower).
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ class Bags:
         positions = np.arange(total, dtype=np.int64) + offsets
         return Bags.from_lengths(lengths, self.ids[positions], self.weights[positions])
 
+    def merged(self) -> Bags:
+        """The same bags with the weights of repeated ids within a row summed (same embedding, fewer ids)."""
+        n = len(self)
+        rows = np.repeat(np.arange(n), np.diff(self.indptr))
+        if len(rows) == 0:
+            return self
+        width = int(self.ids.max()) + 1
+        keys, inverse = np.unique(rows * width + self.ids, return_inverse=True)
+        summed = np.bincount(inverse, weights=self.weights, minlength=len(keys)).astype(np.float32)
+        return Bags.from_groups(n, keys // width, keys % width, summed)
+
     def rows(self) -> list[list[tuple[int, float]]]:
         """Python lists, for tests and debugging."""
         return [
@@ -68,10 +80,13 @@ def n_rows(fields: Fields) -> int:
 
 
 def to_tensors(fields: Fields) -> dict[str, object]:
-    """Torch inputs: (ids, offsets, per-sample weights) per bag column, tensors for the others."""
+    """Torch inputs: (ids, offsets, per-sample weights) per bag column, lists of str for text columns
+    (object arrays), tensors for the others."""
     out: dict[str, object] = {}
     for name, col in fields.items():
-        if isinstance(col, Bags):
+        if isinstance(col, np.ndarray) and col.dtype == object:
+            out[name] = [str(t) for t in col]
+        elif isinstance(col, Bags):
             out[name] = (
                 torch.from_numpy(col.ids),
                 torch.from_numpy(col.indptr[:-1].copy()),

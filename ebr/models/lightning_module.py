@@ -10,6 +10,7 @@ import torch
 
 from ebr.models.losses import triplet_loss
 from ebr.models.miners import hardest_in_batch
+from ebr.models.pretrained import PretrainedText
 from ebr.models.towers import TowerSpec, TwoTower
 
 
@@ -22,6 +23,8 @@ class TwoTowerModule(L.LightningModule):
         margin: float,
         hard_negatives: int,
         lr: float,
+        encoder_lr: float = 2e-5,
+        head_lr: float = 1e-3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -55,5 +58,14 @@ class TwoTowerModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        # Adagrad handles the sparse gradients of the embedding tables and the dense ones of the MLP alike
-        return torch.optim.Adagrad(self.parameters(), lr=self.hparams.lr)
+        """Adagrad (lr) for the towers trained from scratch; with a fine-tuned pretrained encoder, AdamW with
+        the encoder's parameters at encoder_lr and the others at head_lr (a transformer needs small steps)."""
+        encoder = {id(p) for m in self.modules() if isinstance(m, PretrainedText) for p in m.parameters()}
+        if not encoder:
+            return torch.optim.Adagrad(self.parameters(), lr=self.hparams.lr)
+        params = list(dict.fromkeys(self.parameters()))  # shared towers list their parameters once
+        groups = [
+            {"params": [p for p in params if id(p) in encoder], "lr": self.hparams.encoder_lr},
+            {"params": [p for p in params if id(p) not in encoder], "lr": self.hparams.head_lr},
+        ]
+        return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from ebr.models.fields import Bags, Fields
+from ebr.models.pretrained import FrozenEncoder
 from ebr.models.social import lookup_rows
-from ebr.models.text_features import TextHasher
+from ebr.models.text_features import TextFeaturizer, TextHasher
 from ebr.models.vocab import Vocab
 
 CONTEXT = ("city", "region", "country", "language")
@@ -47,10 +48,11 @@ class UserLookup:
 
 @dataclass(frozen=True)
 class QueryFeaturizer:
-    hasher: TextHasher
+    text: TextFeaturizer
     vocabs: dict[str, Vocab]  # city, region, country, language (documents use city, region, country)
     users: UserLookup
     n_clusters: int
+    encoder: FrozenEncoder | None = None  # the pretrained encoder of `text_pretrained`, when a model uses it
 
     def featurize(
         self,
@@ -60,12 +62,15 @@ class QueryFeaturizer:
     ) -> Fields:
         """Feature columns of queries; `user_ids` holds -1 for unknown searchers, `context` one column per
         name in CONTEXT (None for missing values)."""
-        trigrams, words = self.hasher.encode(texts)
+        trigrams, words = self.text.encode(texts)
         rows = self.users.rows(np.asarray(user_ids, dtype=np.int64))
         u = self.users
         # unknown searchers point at an appended row: OOV home city, zero social vector, empty cluster bag
         pointer = np.where(rows >= 0, rows, len(u.user_ids))
         fields: Fields = {"text_trigrams": trigrams, "text_words": words}
+        fields["text_raw"] = np.array([t or "" for t in texts], dtype=object)
+        if self.encoder is not None:
+            fields["text_pretrained"] = self.encoder.encode(list(fields["text_raw"]))
         for name in CONTEXT:
             fields[name] = self.vocabs[name].lookup(context[name])
         known = rows >= 0
@@ -88,9 +93,15 @@ class QueryFeaturizer:
         return self.featurize([q.query_text for q in queries], user_ids, context)
 
     def save(self, folder: Path) -> None:
-        """hashing.json, vocabs.json and users.npz in `folder`."""
+        """hashing.json (with the weighting), idf.npz (idf weighting only), vocabs.json, users.npz and, with a
+        pretrained encoder, pretrained.json (its folder and weights' sha256, verified when loaded)."""
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "hashing.json").write_text(json.dumps(self.hasher.to_dict(), indent=2))
+        if self.encoder is not None:
+            self.encoder.save(folder)
+        hashing = self.text.hasher.to_dict() | {"weighting": self.text.weighting}
+        (folder / "hashing.json").write_text(json.dumps(hashing, indent=2))
+        if self.text.weighting == "idf":
+            np.savez(folder / "idf.npz", trigrams=self.text.trigram_idf, words=self.text.word_idf)
         vocabs = {name: v.to_list() for name, v in self.vocabs.items()}
         (folder / "vocabs.json").write_text(json.dumps(vocabs, ensure_ascii=False))
         u = self.users
@@ -107,7 +118,13 @@ class QueryFeaturizer:
 
     @classmethod
     def load(cls, folder: Path) -> QueryFeaturizer:
-        hasher = TextHasher.from_dict(json.loads((folder / "hashing.json").read_text()))
+        hashing = json.loads((folder / "hashing.json").read_text())
+        hasher, weighting = TextHasher.from_dict(hashing), hashing.get("weighting", "uniform")
+        if weighting == "idf":
+            with np.load(folder / "idf.npz") as z:
+                text = TextFeaturizer(hasher, weighting, z["trigrams"], z["words"])
+        else:
+            text = TextFeaturizer(hasher, weighting)
         vocabs = {k: Vocab.from_list(v) for k, v in json.loads((folder / "vocabs.json").read_text()).items()}
         with np.load(folder / "users.npz") as z:
             users = UserLookup(
@@ -117,4 +134,4 @@ class QueryFeaturizer:
                 Bags(z["clusters_indptr"], z["clusters_ids"], z["clusters_weights"]),
             )
             n_clusters = int(z["n_clusters"])
-        return cls(hasher, vocabs, users, n_clusters)
+        return cls(text, vocabs, users, n_clusters, FrozenEncoder.load(folder))

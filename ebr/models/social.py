@@ -114,7 +114,7 @@ def user_cluster_bags(graph: SocialGraph, clusters: np.ndarray, self_weight: flo
     rows = np.r_[np.arange(n), coo.row]
     ids = np.r_[clusters, clusters[coo.col]]
     w = np.r_[own_w, (1.0 - self_weight) / np.maximum(degree[coo.row], 1.0)].astype(np.float32)
-    return merge_duplicates(Bags.from_groups(n, rows, ids, w))
+    return Bags.from_groups(n, rows, ids, w).merged()
 
 
 def member_aggregates(
@@ -126,20 +126,8 @@ def member_aggregates(
     weights = (1.0 / counts[owner_rows]).astype(np.float32)
     mix = sp.csr_matrix((weights, (owner_rows, member_rows)), shape=(n_owners, len(vectors)))
     means = _rownorm(np.asarray(mix @ vectors, dtype=np.float32))
-    bags = merge_duplicates(Bags.from_groups(n_owners, owner_rows, clusters[member_rows], weights))
+    bags = Bags.from_groups(n_owners, owner_rows, clusters[member_rows], weights).merged()
     return means, bags
-
-
-def merge_duplicates(bags: Bags) -> Bags:
-    """Sum the weights of repeated ids within each row (smaller bags, same embedding)."""
-    n = len(bags)
-    rows = np.repeat(np.arange(n), np.diff(bags.indptr))
-    if len(rows) == 0:
-        return bags
-    width = int(bags.ids.max()) + 1
-    keys, inverse = np.unique(rows * width + bags.ids, return_inverse=True)
-    summed = np.bincount(inverse, weights=bags.weights, minlength=len(keys)).astype(np.float32)
-    return Bags.from_groups(n, keys // width, keys % width, summed)
 
 
 def _rownorm(x: np.ndarray) -> np.ndarray:

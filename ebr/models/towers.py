@@ -3,6 +3,12 @@
 The text tower reads text features only; the unified tower adds location, social and context features.
 Query and document towers are separate networks by default; `share` makes the text tower one network for
 both sides, and makes the unified towers share their text embedding tables.
+
+A text field may come from a pretrained sentence encoder (ebr/models/pretrained.py): `text_pretrained`, its
+frozen embeddings as a dense feature, or `text_raw`, the raw texts encoded inside the tower (fine-tuned). A
+tower with a `passthrough` field outputs that field's embedding as it is (the pretrained text tower).
+Embedding tables have dense gradients: with long documents a batch touches more (token, dimension) entries
+than the tables hold, and dense Adagrad steps cost a fraction of sparse ones (docs/models.md).
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from torch import nn
 
 from ebr.models.fields import n_rows, take, to_tensors
 
-BAG, CAT, DENSE = "bag", "cat", "dense"
+BAG, CAT, DENSE, TEXT = "bag", "cat", "dense", "text"
+PRETRAINED_FIELDS = {"text_pretrained": DENSE, "text_raw": TEXT}  # frozen feature | fine-tuned encoder
 
 QUERY_KINDS = {
     "text_trigrams": BAG,
@@ -30,6 +37,7 @@ QUERY_KINDS = {
     "home_city": CAT,
     "social": DENSE,
     "social_clusters": BAG,
+    **PRETRAINED_FIELDS,
 }
 DOCUMENT_KINDS = {
     "text_trigrams": BAG,
@@ -42,8 +50,9 @@ DOCUMENT_KINDS = {
     "member_cities": BAG,
     "social": DENSE,
     "social_clusters": BAG,
-    "popularity": DENSE,
+    **PRETRAINED_FIELDS,
 }
+EXTRA_KINDS = {"cat_": CAT, "num_": DENSE}  # declared document columns (ebr.models.features.extra_field_name)
 TEXT_FIELDS = ("text_trigrams", "text_words")
 SOCIAL_FIELDS = ("social", "social_clusters")
 MEMBER_FIELDS = ("member_cities",)
@@ -53,9 +62,10 @@ TOWER_KINDS = ("text", "unified")
 @dataclass(frozen=True)
 class FieldSpec:
     name: str
-    kind: str  # bag | cat | dense
-    size: int  # hash buckets, vocabulary size (OOV included) or input dimension
+    kind: str  # bag | cat | dense | text
+    size: int  # hash buckets, vocabulary size (OOV included), input dimension or encoder dimension
     table: str | None = None  # reuse the embedding table of this field on the same side
+    encoder: dict[str, Any] | None = None  # text fields: the pretrained encoder (PretrainedRef.to_dict())
 
 
 @dataclass(frozen=True)
@@ -74,9 +84,12 @@ class TowerSpec:
     hidden_dims: tuple[int, ...]
     output_dim: int
     groups: tuple[GroupSpec, ...] = ()  # outputs first; the rest from the MLP over all fields
+    passthrough: str | None = None  # the output is this field's embedding, normalised (no other parameters)
 
     @property
     def free_dim(self) -> int:
+        if self.passthrough is not None:
+            return 0
         return self.output_dim - sum(g.dim for g in self.groups)
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,18 +107,41 @@ class TowerSpec:
             tuple(int(h) for h in data["hidden_dims"]),
             int(data["output_dim"]),
             tuple(GroupSpec(g["name"], tuple(g["fields"]), int(g["dim"])) for g in data["groups"]),
+            data.get("passthrough"),
         )
 
 
+def field_kind(name: str, kinds: Mapping[str, str]) -> str:
+    """The kind of a field: from `kinds`, or by prefix for a declared categorical / numeric column."""
+    if name in kinds:
+        return kinds[name]
+    prefix = next((p for p in EXTRA_KINDS if name.startswith(p)), None)
+    if prefix is None:
+        raise ValueError(f"unknown feature field {name!r}")
+    return EXTRA_KINDS[prefix]
+
+
 def field_specs(
-    names: Sequence[str], kinds: Mapping[str, str], sizes: Mapping[str, int]
+    names: Sequence[str],
+    kinds: Mapping[str, str],
+    sizes: Mapping[str, int],
+    encoder: dict[str, Any] | None = None,
 ) -> tuple[FieldSpec, ...]:
-    """Specs of the named fields; the host group's title shares the trigram table."""
+    """Specs of the named fields; the host title shares the trigram table; text fields get `encoder`."""
     specs = []
     for name in names:
         table = "text_trigrams" if name == "host_trigrams" and "text_trigrams" in names else None
-        specs.append(FieldSpec(name, kinds[name], int(sizes[name]), table))
+        kind = field_kind(name, kinds)
+        specs.append(FieldSpec(name, kind, int(sizes[name]), table, encoder if kind == TEXT else None))
     return tuple(specs)
+
+
+def _encoder(spec: FieldSpec) -> nn.Module:
+    from ebr.models.pretrained import PretrainedRef, PretrainedText  # sentence-transformers: an extra
+
+    if spec.encoder is None:
+        raise ValueError(f"text field {spec.name!r} names no pretrained encoder")
+    return PretrainedText(PretrainedRef.from_dict(spec.encoder), trainable=True)
 
 
 def _mlp(width: int, hidden_dims: Sequence[int], output_dim: int) -> nn.Sequential:
@@ -131,6 +167,13 @@ class Tower(nn.Module):
         if spec.free_dim < 0:
             raise ValueError(f"group dims exceed output_dim={spec.output_dim}")
         self.spec = spec
+        if spec.passthrough is not None:
+            self.tables = nn.ModuleDict()
+            self.groups = nn.ModuleDict()
+            passed = next(f for f in spec.fields if f.name == spec.passthrough)
+            if passed.kind == TEXT:
+                self.tables[passed.name] = shared.tables[passed.name] if shared else _encoder(passed)
+            return
         dim = spec.embedding_dim
         names = {f.name for f in spec.fields}
         grouped = {n for g in spec.groups for n in g.fields}
@@ -143,27 +186,33 @@ class Tower(nn.Module):
             if shared is not None and f.name in grouped:
                 self.tables[f.name] = shared.tables[f.name]
             elif f.kind == BAG:
-                self.tables[f.name] = nn.EmbeddingBag(f.size, dim, mode="sum", sparse=True)
+                self.tables[f.name] = nn.EmbeddingBag(f.size, dim, mode="sum")
                 nn.init.normal_(self.tables[f.name].weight, std=0.1)
             elif f.kind == CAT:
-                self.tables[f.name] = nn.Embedding(f.size, dim, sparse=True)
+                self.tables[f.name] = nn.Embedding(f.size, dim)
                 nn.init.normal_(self.tables[f.name].weight, std=0.1)
             elif f.kind == DENSE:
                 self.tables[f.name] = nn.Linear(f.size, dim)
+            elif f.kind == TEXT:  # the encoder's output is the field's embedding (its own width)
+                self.tables[f.name] = _encoder(f)
             else:
                 raise ValueError(f"field {f.name}: unknown kind {f.kind!r}")
+        width = {f.name: f.size if f.kind == TEXT else dim for f in spec.fields}
         self.groups = nn.ModuleDict(
             {
                 g.name: shared.groups[g.name]
                 if shared
-                else _mlp(dim * len(g.fields), spec.hidden_dims, g.dim)
+                else _mlp(sum(width[n] for n in g.fields), spec.hidden_dims, g.dim)
                 for g in spec.groups
             }
         )
         if spec.free_dim:
-            self.mlp = _mlp(dim * len(spec.fields), spec.hidden_dims, spec.free_dim)
+            self.mlp = _mlp(sum(width.values()), spec.hidden_dims, spec.free_dim)
 
     def forward(self, inputs: Mapping[str, Any]) -> torch.Tensor:
+        if self.spec.passthrough is not None:
+            x = inputs[self.spec.passthrough]
+            return F.normalize(self.tables[self.spec.passthrough](x) if self.tables else x, dim=1)
         parts = {}
         for f in self.spec.fields:
             table = self.tables[f.table or f.name]
@@ -201,7 +250,10 @@ def encode(tower: Tower, fields: Mapping[str, Any], batch_size: int = 4096) -> n
     """float32 L2-normalised embeddings of every row of `fields` (the tower's fields only), in batches."""
     columns = {f.name: fields[f.name] for f in tower.spec.fields}
     total = n_rows(columns)
-    device = next(tower.parameters()).device
+    device = next(tower.parameters(), torch.zeros(0)).device
+    encoders = [f.encoder for f in tower.spec.fields if f.kind == TEXT and f.encoder]
+    if encoders:  # a transformer in the tower: its own batch size bounds the activations
+        batch_size = min(batch_size, int(encoders[0]["batch_size"]))
     was_training = tower.training
     tower.eval()
     out = np.zeros((total, tower.spec.output_dim), np.float32)
@@ -214,6 +266,12 @@ def encode(tower: Tower, fields: Mapping[str, Any], batch_size: int = 4096) -> n
 
 
 def _to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Tensors (and bag triples) moved to `device`; texts (lists of str) stay as they are."""
     return {
-        k: tuple(t.to(device) for t in v) if isinstance(v, tuple) else v.to(device) for k, v in inputs.items()
+        k: tuple(t.to(device) for t in v)
+        if isinstance(v, tuple)
+        else v
+        if isinstance(v, list)
+        else v.to(device)
+        for k, v in inputs.items()
     }

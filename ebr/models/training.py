@@ -7,8 +7,10 @@ negatives), `unified_hnm` (all features, random plus `model.hard_negatives` onli
 from __future__ import annotations
 
 import logging
+import math
 import resource
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,16 +25,19 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ebr.models.datamodule import TripletDataModule
+from ebr.models.export import export_query_tower
 from ebr.models.features import FeatureSet
 from ebr.models.fields import Fields, n_rows, take
 from ebr.models.lightning_module import TwoTowerModule
 from ebr.models.mined_data import MinedTripletDataModule
 from ebr.models.towers import (
     DOCUMENT_KINDS,
+    EXTRA_KINDS,
     MEMBER_FIELDS,
     QUERY_KINDS,
     SOCIAL_FIELDS,
     TEXT_FIELDS,
+    TOWER_KINDS,
     GroupSpec,
     Tower,
     TowerSpec,
@@ -44,7 +49,7 @@ from ebr.runners import map_shards, row_shards
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("text", "unified", "unified_hnm")
+TEXT_ENCODERS = ("hashed", "frozen", "finetune")
 
 
 @dataclass(frozen=True)
@@ -54,33 +59,64 @@ class TrainedTower:
     stats: dict[str, Any]
 
 
-def model_settings(cfg: DictConfig, name: str) -> dict[str, Any]:
-    """`cfg.model` with the tower kind and hard negatives the model name stands for."""
-    if name not in MODEL_NAMES:
-        raise ValueError(f"train.models: unknown model {name!r} (expected one of {', '.join(MODEL_NAMES)})")
-    settings = OmegaConf.to_container(cfg.model, resolve=True)
-    settings["tower"] = "text" if name == "text" else "unified"
-    if name != "unified_hnm":
-        settings["hard_negatives"] = 0
-    elif int(settings["hard_negatives"]) < 1:
-        raise ValueError("model.hard_negatives must be at least 1 to train unified_hnm")
-    return settings
+@dataclass(frozen=True)
+class Variant:
+    """A model of `train.variants` (conf/train): its tower, its text encoder, its online hard negatives.
+
+    tower: text (text features only) | unified (text + location + social + context).
+    text: hashed (character trigrams and words, trained from scratch) | frozen (a pretrained sentence
+    encoder's embeddings as they are, `text_pretrained`) | finetune (that encoder inside the tower, trained).
+    A text tower with a frozen encoder has no parameters: it is the pretrained model itself (no training).
+    """
+
+    name: str
+    tower: str
+    text: str = "hashed"
+    hard_negatives: int = 0
+    margin: float | None = None  # None: model.margin
+    encoder_lr: float = 2e-5  # AdamW learning rate of a fine-tuned encoder's parameters ...
+    head_lr: float = 1e-3  # ... and of the tower's other parameters then
+
+    def __post_init__(self) -> None:
+        key = f"train.variants.{self.name}"
+        if self.tower not in TOWER_KINDS:
+            raise ValueError(f"{key}.tower: expected one of {TOWER_KINDS}, got {self.tower!r}")
+        if self.text not in TEXT_ENCODERS:
+            raise ValueError(f"{key}.text: expected one of {TEXT_ENCODERS}, got {self.text!r}")
+        if self.hard_negatives < 0:
+            raise ValueError(f"{key}.hard_negatives must be >= 0, got {self.hard_negatives}")
+
+    @property
+    def trains(self) -> bool:
+        return not (self.tower == "text" and self.text == "frozen")
+
+    @property
+    def text_fields(self) -> tuple[str, ...]:
+        """The fields of the text group (sub-tower) of this variant."""
+        return {"hashed": TEXT_FIELDS, "frozen": ("text_pretrained",), "finetune": ("text_raw",)}[self.text]
 
 
-def configured_model_name(cfg: DictConfig) -> str:
-    """The model name of `cfg.model` as configured (what a retrain publishes)."""
-    if cfg.model.tower == "text":
-        return "text"
-    return "unified_hnm" if int(cfg.model.hard_negatives) > 0 else "unified"
+def variant(cfg: DictConfig, name: str) -> Variant:
+    """The variant `name` of train.variants."""
+    variants = cfg.train.variants
+    if name not in variants:
+        raise ValueError(f"train.models: unknown model {name!r} (train.variants has {', '.join(variants)})")
+    return Variant(name=name, **OmegaConf.to_container(variants[name], resolve=True))
 
 
-def tower_fields(cfg: DictConfig, features: FeatureSet, tower: str) -> tuple[list[str], list[str], list[str]]:
+def uses_pretrained(cfg: DictConfig, names: Sequence[str]) -> set[str]:
+    """The pretrained text encodings the named variants read: {"frozen", "finetune"} or a subset."""
+    return {variant(cfg, n).text for n in names} - {"hashed"}
+
+
+def tower_fields(cfg: DictConfig, features: FeatureSet, v: Variant) -> tuple[list[str], list[str], list[str]]:
     """(query fields, document fields, notes). Signals missing from the logs are dropped with a note."""
-    if tower == "text":
-        return list(TEXT_FIELDS), list(TEXT_FIELDS), []
-    if tower != "unified":
-        raise ValueError(f"model.tower: expected text or unified, got {tower!r}")
+    if v.tower == "text":
+        return list(v.text_fields), list(v.text_fields), []
     query, document = list(cfg.features.unified.query), list(cfg.features.unified.document)
+    document += sorted(n for n in features.sizes if n.startswith(tuple(EXTRA_KINDS)))
+    if v.text != "hashed":  # the text group reads the encoder; trigrams and words stay in the free MLP
+        query, document = [*query, *v.text_fields], [*document, *v.text_fields]
     notes = []
     dropped = set()
     if not features.signals["friendships"]:
@@ -97,28 +133,38 @@ def tower_fields(cfg: DictConfig, features: FeatureSet, tower: str) -> tuple[lis
 
 
 def build_module(cfg: DictConfig, features: FeatureSet, name: str) -> tuple[TwoTowerModule, list[str]]:
-    settings = model_settings(cfg, name)
-    query, document, notes = tower_fields(cfg, features, settings["tower"])
+    v = variant(cfg, name)
+    settings = OmegaConf.to_container(cfg.model, resolve=True)
+    query, document, notes = tower_fields(cfg, features, v)
     output_dim = int(settings["output_dim"])
-    if settings["tower"] == "text":
+    passthrough = None
+    if v.tower == "text" and v.text != "hashed":  # the pretrained encoder is the tower
+        output_dim, passthrough = int(features.sizes[v.text_fields[0]]), v.text_fields[0]
+        groups: tuple[GroupSpec, ...] = ()
+    elif v.tower == "text":
         groups = (GroupSpec("text", TEXT_FIELDS, output_dim),)
     else:
         # a group needs all its fields on both sides; a dropped group's dimensions go to the free MLP
+        configured = dict(settings["groups"])
+        configured["text"] = dict(configured["text"], fields=list(v.text_fields))
         groups = tuple(
             GroupSpec(group, tuple(g["fields"]), int(g["dim"]))
-            for group, g in settings["groups"].items()
+            for group, g in configured.items()
             if set(g["fields"]) <= set(query) & set(document)
         )
-    dims = (int(settings["embedding_dim"]), tuple(settings["hidden_dims"]), output_dim, groups)
-    q_spec = TowerSpec(field_specs(query, QUERY_KINDS, features.sizes), *dims)
-    d_spec = TowerSpec(field_specs(document, DOCUMENT_KINDS, features.sizes), *dims)
+    encoder = OmegaConf.to_container(cfg.features.pretrained, resolve=True) if v.text == "finetune" else None
+    dims = (int(settings["embedding_dim"]), tuple(settings["hidden_dims"]), output_dim, groups, passthrough)
+    q_spec = TowerSpec(field_specs(query, QUERY_KINDS, features.sizes, encoder), *dims)
+    d_spec = TowerSpec(field_specs(document, DOCUMENT_KINDS, features.sizes, encoder), *dims)
     module = TwoTowerModule(
         q_spec.to_dict(),
         d_spec.to_dict(),
         share=bool(settings["share"]),
-        margin=float(settings["margin"]),
-        hard_negatives=int(settings["hard_negatives"]),
+        margin=float(settings["margin"] if v.margin is None else v.margin),
+        hard_negatives=v.hard_negatives,
         lr=float(cfg.train.lr),
+        encoder_lr=v.encoder_lr,
+        head_lr=v.head_lr,
     )
     return module, notes
 
@@ -143,6 +189,9 @@ def train_tower(
         torch.set_num_threads(int(tcfg.torch_threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module, notes = build_module(cfg, features, name)
+    out_dir = Path(out_dir)
+    if not variant(cfg, name).trains:
+        return _untrained(module, name, out_dir, notes)
     transferred = _transfer(module, init_from) if init_from else 0
     query_fields = [f.name for f in module.query_tower.spec.fields]
     doc_fields = [f.name for f in module.document_tower.spec.fields]
@@ -162,12 +211,13 @@ def train_tower(
             mined_negatives=int(tcfg.mined_negatives),
             seed=int(cfg.seed),
         )
-    out_dir = Path(out_dir)
     checkpoints = ModelCheckpoint(
         dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0, enable_version_counter=False
     )
+    steps = training_steps(tcfg, data.n_pairs)
     trainer = L.Trainer(
-        max_epochs=int(tcfg.epochs),
+        max_steps=steps,
+        max_epochs=-1,
         accelerator=str(tcfg.accelerator),
         devices=tcfg.devices,
         strategy=str(tcfg.strategy),
@@ -183,12 +233,15 @@ def train_tower(
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     seconds = time.perf_counter() - start
+    v = variant(cfg, name)
     stats = {
         "model": name,
-        "tower": model_settings(cfg, name)["tower"],
+        "tower": v.tower,
+        "text": v.text,
         "hard_negatives": module.hparams.hard_negatives,
         "positives": data.n_pairs,
-        "epochs": int(tcfg.epochs),
+        "steps": int(trainer.global_step),
+        "epochs": round(trainer.global_step / _steps_per_epoch(tcfg, data.n_pairs), 2),
         "seconds": round(seconds, 2),
         "pairs_per_s": round(module.pairs_seen / seconds, 1),
         "triplets_per_s": round(module.triplets_seen / seconds, 1),
@@ -207,6 +260,36 @@ def train_tower(
     last = out_dir / "checkpoints" / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
     if not last.is_file():
         raise FileNotFoundError(f"training {name}: no checkpoint at {last}")
+    return TrainedTower(name, last, stats)
+
+
+def _steps_per_epoch(tcfg: DictConfig, n_pairs: int) -> int:
+    processes = int(tcfg.devices) * int(tcfg.num_nodes) if str(tcfg.devices).isdigit() else 1
+    return max(math.ceil(n_pairs / (int(tcfg.batch_size) * processes)), 1)
+
+
+def training_steps(tcfg: DictConfig, n_pairs: int) -> int:
+    """The optimizer steps of a training: `train.steps`, else `train.epochs` passes over the positives but at
+    least `train.min_steps` (a log of 800 queries would otherwise train for a dozen steps)."""
+    if tcfg.steps is not None:
+        if int(tcfg.steps) < 1:
+            raise ValueError(f"train.steps must be >= 1, got {tcfg.steps}")
+        return int(tcfg.steps)
+    return max(int(tcfg.epochs) * _steps_per_epoch(tcfg, n_pairs), int(tcfg.min_steps))
+
+
+def _untrained(module: TwoTowerModule, name: str, out_dir: Path, notes: list[str]) -> TrainedTower:
+    """A variant without training (a frozen pretrained tower): its checkpoint as Lightning writes one."""
+    last = out_dir / "checkpoints" / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+    last.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "pytorch-lightning_version": L.__version__,
+    }
+    torch.save(checkpoint, last)
+    stats = {"model": name, "steps": 0, "seconds": 0.0, "parameters": 0, "notes": [*notes, "not trained"]}
+    log.info("%s: a frozen pretrained encoder, not trained", name)
     return TrainedTower(name, last, stats)
 
 
@@ -240,6 +323,19 @@ def _transfer(module: TwoTowerModule, checkpoint: Path) -> int:
     module.load_state_dict(matched, strict=False)
     log.info("initialised %d of %d tensors from %s", len(matched), len(target), checkpoint)
     return len(matched)
+
+
+def export_trained(checkpoint: Path, features: FeatureSet, out: Path, name: str) -> dict[str, Any]:
+    """A trained model's query tower under out/towers/<name>/ and its document embeddings under
+    out/embeddings/<name>.npy; returns their paths and the checkpoint's."""
+    module = load_module(checkpoint)
+    tower = export_query_tower(
+        module.query_tower, features.featurizer, out / "towers" / name, dict(module.hparams)
+    )
+    embeddings = out / "embeddings" / f"{name}.npy"
+    embeddings.parent.mkdir(parents=True, exist_ok=True)
+    np.save(embeddings, embed_documents(module, features))
+    return {"checkpoint": str(checkpoint), "tower": str(tower), "embeddings": str(embeddings)}
 
 
 def load_module(checkpoint: Path) -> TwoTowerModule:

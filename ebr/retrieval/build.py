@@ -1,10 +1,11 @@
-"""Build the engine index of a published version: terms from documents.parquet, nn fields from faiss/.
+"""Build the engine index of a version: terms from documents.parquet, an nn field per trained faiss index.
 
-For every key with a trained index `faiss/<key>.faiss`, the documents' embeddings `embeddings/<key>.npy` are
-quantised again by that index's trained quantisers (same codes, deterministic) under the engine's internal
-ids (row numbers of doc_ids.npy), with a hashtable direct map so realtime updates can remove them. An optional
-`payloads` column of documents.parquet, aligned with `terms`, gives the terms' payloads (e.g. the frequencies
-of `text:` terms).
+For every key with a trained index, the documents' embeddings `embeddings/<key>.npy` are quantised by that
+index's trained quantisers (the codes the ANN tuner measured: quantisation is deterministic) under the
+engine's internal ids (row numbers of doc_ids.npy), with a hashtable direct map so realtime updates can
+remove them. The engine's `nn/<key>.faiss` is then the version's only copy of each quantised index. An
+optional `payloads` column of documents.parquet, aligned with `terms`, gives the terms' payloads (e.g. the
+frequencies of `text:` terms).
 """
 
 from __future__ import annotations
@@ -82,17 +83,17 @@ def _paired(terms: list[str], payloads: list[float] | None, where: str) -> list[
     return [t if p is None or math.isnan(p) else (t, p) for t, p in zip(terms, payloads, strict=True)]
 
 
-def build_engine(engine_dir: Path) -> Path:
-    """Write the engine index of the version folder `engine_dir.parent` into `engine_dir` (empty or new).
+def build_engine(engine_dir: Path, trained: Mapping[str, faiss.Index]) -> Path:
+    """Write the engine index of the version folder `engine_dir.parent` into `engine_dir` (empty or new):
+    its terms from documents.parquet, and an (nn KEY) field per `trained` index, whose trained quantisers
+    encode embeddings/<key>.npy (the only copy of each quantised index in a version).
 
-    This is the `build_engine` hook of the publication step, called on the staging folder before the
-    manifest is written.
+    This is the `build_engine` hook of publication, called on the staging folder before the manifest.
     """
     started = time.perf_counter()
     version_dir = engine_dir.parent
     doc_ids = np.load(version_dir / "doc_ids.npy")
     doc_terms = read_document_terms(version_dir / "documents.parquet", doc_ids)
-    trained = {p.stem: faiss.read_index(str(p)) for p in sorted((version_dir / "faiss").glob("*.faiss"))}
     embeddings = {
         key: np.load(version_dir / "embeddings" / f"{key}.npy", mmap_mode="r")
         for key in trained

@@ -1,33 +1,25 @@
-"""What gets served and gated: a single model, a weighted-concatenation ensemble or a cascade, over an index.
+"""What gets served and gated: a single model, a weighted-concatenation ensemble or a cascade.
 
-A `RetrieverSpec` names the models and how they combine; it is stored in a version's manifest. A `Retriever`
-applies a spec to document embeddings, an optional quantised index and query encoders, either in memory (the
-candidate of a retrain) or loaded from a published version folder (`load_version`), so that the recall gate
-measures the candidate and the served version with the same code.
+A `RetrieverSpec` names the models and how they combine; a version's manifest stores its retrievers by name.
+`index_docs` / `index_queries` give the matrices its (nn) field is built and searched on, and `expression`
+the engine expression that serves it on a vertical: the cascade's re-rank is the engine's (rerank ...), so
+every spec is served, and gated, by the engine itself.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import faiss
 import numpy as np
 
-from ebr import registry
-from ebr.ann.knn import as_float32, exact_knn
-from ebr.models.ensembles import cascade_search, l2_normalize, weighted_concat_docs, weighted_concat_query
+from ebr.models.ensembles import l2_normalize, weighted_concat_docs, weighted_concat_query
+from ebr.retrieval.terms import term_value
 
 KINDS = ("single", "ensemble", "cascade")
 KEY = re.compile(r"^[A-Za-z0-9_.+-]+$")  # keys and ensemble names become file names in a version
-
-
-class QueryEncoder(Protocol):
-    def encode(self, queries: Sequence[Any]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -99,102 +91,31 @@ def index_queries(spec: RetrieverSpec, query_vectors: Mapping[str, np.ndarray]) 
     return l2_normalize(query_vectors[spec.index_key])
 
 
-def search_rows(
+def expression(
     spec: RetrieverSpec,
-    query_vectors: Mapping[str, np.ndarray],
-    doc_vectors: Mapping[str, np.ndarray],
-    k: int,
-    index: faiss.Index | None = None,
-) -> np.ndarray:
-    """Top-k document rows (n_queries, k), -1 padded: exact KNN, or through `index` when given."""
+    vertical: str,
+    nprobe: int,
+    radius: float | None = None,
+    k: int | None = None,
+    fusion: str | None = None,
+) -> str:
+    """The engine expression that serves `spec` on `vertical`: term matches or the nn of the spec's index
+    key (radius mode, or top-K mode with `k`); a cascade re-ranks the first stage's best `spec.n` by its
+    second model; with `fusion` (e.g. ":bm25 0.3", ":rrf 60") any query term matches and BM25 is fused
+    with the cosine."""
+    if (radius is None) == (k is None):
+        raise ValueError("expression: give a radius or a k")
+    mode = f":radius {radius!r}" if radius is not None else f":k {k}"
+    nn = f"(nn {spec.index_key} {mode} :nprobe {nprobe})"
+    text = "$text" if fusion is None else "$anytext"
+    expr = f"(and (term vertical:{term_value(vertical)}) (or {text} {nn}))"
+    if fusion is not None:
+        expr = f"(fuse {fusion} {expr})"
     if spec.kind == "cascade":
-        first, second = spec.keys
-        _, rows = cascade_search(
-            l2_normalize(query_vectors[first]),
-            doc_vectors.get(first) if index is None else None,
-            query_vectors[second],
-            doc_vectors[second],
-            spec.n,
-            k,
-            first_index=index,
-        )
-        return rows
-    queries = index_queries(spec, query_vectors)
-    if index is None:
-        return exact_knn(queries, index_docs(spec, doc_vectors), k)[1]
-    return index.search(as_float32(queries), k)[1]
+        expr = f"(rerank {spec.keys[1]} :n {spec.n} {expr})"
+    return expr
 
 
-class Retriever:
-    """A spec bound to documents (ids, embeddings), its index (None = exact) and query encoders."""
-
-    def __init__(
-        self,
-        spec: RetrieverSpec,
-        doc_ids: np.ndarray,
-        doc_vectors: Mapping[str, np.ndarray],
-        index: faiss.Index | None = None,
-        encoders: Mapping[str, QueryEncoder] | None = None,
-        version: str | None = None,
-    ) -> None:
-        self.spec, self.doc_ids, self.doc_vectors = spec, np.asarray(doc_ids), doc_vectors
-        self.index, self.encoders, self.version = index, dict(encoders or {}), version
-
-    def search_vectors(self, query_vectors: Mapping[str, np.ndarray], k: int) -> np.ndarray:
-        """Top-k document ids (n_queries, k), -1 where fewer than k were found."""
-        rows = search_rows(self.spec, query_vectors, self.doc_vectors, k, self.index)
-        return np.where(rows >= 0, self.doc_ids[np.maximum(rows, 0)], -1)
-
-    def encode(self, queries: Sequence[Any]) -> dict[str, np.ndarray]:
-        missing = [k for k in self.spec.keys if k not in self.encoders]
-        if missing:
-            raise KeyError(f"retriever {self.spec.name!r}: no query encoder for {missing}")
-        return {key: self.encoders[key].encode(queries) for key in self.spec.keys}
-
-    def search(self, queries: Sequence[Any], k: int, block_size: int = 1024) -> np.ndarray:
-        """Encode raw queries with the spec's towers and return the top-k document ids, in query blocks."""
-        blocks = [
-            self.search_vectors(self.encode(queries[i : i + block_size]), k)
-            for i in range(0, len(queries), block_size)
-        ]
-        return np.concatenate(blocks) if blocks else np.empty((0, k), dtype=np.int64)
-
-
-def default_encoder_loader(path: Path) -> QueryEncoder:
-    from ebr.models.export import load_query_encoder  # the towers' export format is owned by ebr/models/
-
-    return load_query_encoder(path)
-
-
-def load_version(
-    version_dir: Path,
-    verify: bool = True,
-    encoder_loader: Callable[[Path], QueryEncoder] = default_encoder_loader,
-) -> Retriever:
-    """The retriever of a published version folder; verifies every file's checksum first unless told not to.
-
-    Raises ebr.registry.CorruptVersionError (naming the file) for a tampered or incomplete version.
-    """
-    manifest = (
-        registry.verify_version(version_dir)
-        if verify
-        else json.loads((version_dir / registry.MANIFEST).read_text())
-    )
-    served = manifest.get("retriever")
-    if not served:
-        raise registry.CorruptVersionError(f"{version_dir / registry.MANIFEST}: no 'retriever' section")
-    spec = RetrieverSpec.from_dict(served["spec"])
-    doc_vectors = {
-        p.stem: np.load(p, mmap_mode="r") for p in sorted((version_dir / "embeddings").glob("*.npy"))
-    }
-    index_path = version_dir / "faiss" / f"{spec.index_key}.faiss"
-    index = faiss.read_index(str(index_path)) if index_path.is_file() else None
-    encoders = {key: encoder_loader(version_dir / "towers" / key) for key in spec.keys}
-    return Retriever(
-        spec,
-        np.load(version_dir / "doc_ids.npy"),
-        doc_vectors,
-        index,
-        encoders,
-        version=manifest.get("version", version_dir.name),
-    )
+def bm25_expression(vertical: str) -> str:
+    """The BM25 baseline through the engine: any query term, ranked by BM25."""
+    return f"(fuse :bm25 1.0 (and (term vertical:{term_value(vertical)}) $anytext))"

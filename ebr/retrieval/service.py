@@ -1,10 +1,13 @@
-"""Serving one published version: requests -> expression + query embeddings -> engine -> results.
+"""Serving one version: requests -> expression + query embeddings -> engine -> results.
 
 `SearchService` binds a version folder to its engine (base index + realtime state under
-`$EBR_HOME/engine/<version>/`), its query towers (loaded on first use) and the configured expression
-templates. `HotSwapper` holds the service of the served version and replaces it when serving.json names a new
-version: the new one is loaded completely first, then the reference is swapped; requests in flight finish on
-the old one, which is closed when its last request ends.
+`$EBR_HOME/engine/<version>/`), its query towers (loaded on first use) and its expression templates: per
+vertical, the expression the version was calibrated and gated with (the manifest's `serving` section), unless
+`engine.templates.<vertical>` overrides it. The recall gate, the benchmarks, `ebr search` and `ebr serve` all
+answer through `search_many` / `search`: what is measured is what is served. `HotSwapper` holds the service
+of the served version and replaces it when serving.json names a new version: the new one is loaded
+completely first, then the reference is swapped; requests in flight finish on the old one, which is closed
+when its last request ends.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ebr.retrieval.config import EngineConfig
 from ebr.retrieval.executor import ORDERS, ExecutionError, Hits, check_executable
 from ebr.retrieval.index import unit_vector
 from ebr.retrieval.query import Node, QueryError, expand_text, parse_cached, vector_nodes
+from ebr.retrieval.retrievers import RetrieverSpec, index_queries
 from ebr.retrieval.store import Engine, EngineLockedError
 
 log = logging.getLogger(__name__)
@@ -78,12 +82,18 @@ def state_dir(version: str) -> Path:
     return home.home() / "engine" / version
 
 
+def version_name(manifest: Mapping[str, Any], version_dir: Path) -> str:
+    """The version's name; a staged candidate (not yet named) is `candidate-<run_id>`."""
+    name = manifest.get("version", version_dir.name)
+    return str(name) if name else f"candidate-{manifest.get('run_id') or version_dir.name}"
+
+
 class SearchService:
     """One version's engine, query towers and templates."""
 
     def __init__(self, version_dir: Path, engine: Engine, config: EngineConfig, manifest: Mapping[str, Any]):
         self.version_dir = version_dir
-        self.version = str(manifest.get("version", version_dir.name))
+        self.version = version_name(manifest, version_dir)
         self.engine = engine
         self.config = config
         self.manifest = manifest
@@ -107,8 +117,9 @@ class SearchService:
         engine_dir = version_dir / "engine"
         if not (engine_dir / "meta.json").is_file():
             raise SearchError(f"{engine_dir}: this version has no engine index", status=503)
-        version = str(manifest.get("version", version_dir.name))
-        engine = Engine.open(engine_dir, state_dir(version), config.store, writable=writable)
+        engine = Engine.open(
+            engine_dir, state_dir(version_name(manifest, version_dir)), config.store, writable
+        )
         service = cls(version_dir, engine, config, manifest)
         if warm:
             for tower in sorted((version_dir / "towers").glob("*/config.json")):
@@ -149,29 +160,50 @@ class SearchService:
 
     # ----- requests
     @property
-    def index_key(self) -> str | None:
-        """The nn key of the served retriever (its ANN index), or the only key of the engine."""
-        spec = (self.manifest.get("retriever") or {}).get("spec") or {}
-        if spec:
-            return spec["name"] if spec.get("kind") == "ensemble" else spec["keys"][0]
-        keys = sorted(self.engine.index.fields)
-        return keys[0] if len(keys) == 1 else None
+    def serving(self) -> Mapping[str, Any]:
+        """Per vertical: the retriever, its expression and its calibration (the manifest's `serving`)."""
+        return (self.manifest.get("serving") or {}).get("verticals") or {}
+
+    @property
+    def verticals(self) -> list[str]:
+        """The verticals this version has an expression for (its own or a configured one)."""
+        return sorted(set(self.serving) | set(self.config.templates))
+
+    @property
+    def default_vertical(self) -> str | None:
+        """engine.default_vertical, else the version's (the most searched vertical of its logs)."""
+        configured = self.config.default_vertical
+        chosen = configured or (self.manifest.get("serving") or {}).get("default_vertical")
+        if chosen is None and len(self.verticals) == 1:
+            return self.verticals[0]
+        return chosen
+
+    def template(self, vertical: str) -> str:
+        """The expression template of `vertical`: engine.templates.<vertical> (its `{key}` the vertical's
+        retriever key), else the one the version was calibrated with."""
+        served = self.serving.get(vertical) or {}
+        text = self.config.templates.get(vertical) or served.get("expr")
+        if text is None:
+            raise SearchError(
+                f"vertical {vertical!r} has no expression in version {self.version} "
+                f"(verticals: {', '.join(self.verticals) or 'none'}); give an expression"
+            )
+        if "{key}" in text:
+            keys = sorted(self.engine.index.fields)
+            key = served.get("key") or (keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise SearchError(f"the template of {vertical!r} needs {{key}} but this version names none")
+            text = text.replace("{key}", key)
+        return text
 
     def expression(self, request: SearchRequest) -> Node:
         """The parsed expression of a request: its own, or its vertical's template, with $text expanded."""
         text = request.expr
         if text is None:
-            vertical = request.vertical or self.config.default_vertical
-            if vertical not in self.config.templates:
-                raise SearchError(
-                    f"vertical {vertical!r} has no default expression "
-                    f"(configured: {sorted(self.config.templates)}); give an expression"
-                )
-            text = self.config.templates[vertical]
-            if "{key}" in text:
-                if self.index_key is None:
-                    raise SearchError("the template needs {key} but this version names no retriever key")
-                text = text.replace("{key}", self.index_key)
+            vertical = request.vertical or self.default_vertical
+            if vertical is None:
+                raise SearchError(f"give a vertical ({', '.join(self.verticals) or 'none'}) or an expression")
+            text = self.template(vertical)
         try:
             root = expand_text(parse_cached(text, self.config.limits), request.query_text)
             check_executable(self.engine.index, root)
@@ -179,47 +211,41 @@ class SearchService:
             raise SearchError(f"expression: {exc}", position=exc.position) from exc
         return root
 
-    def query_vectors(self, root: Node, request: SearchRequest) -> dict[str, np.ndarray]:
-        """A unit query embedding for every nn and rerank key of the expression: given explicitly, or from
-        the towers."""
-        keys = sorted({n.key for n in vector_nodes(root)})
-        vectors: dict[str, np.ndarray] = {}
-        for key in keys:
+    def query_vectors(
+        self, roots: Sequence[Node], requests: Sequence[SearchRequest]
+    ) -> list[dict[str, np.ndarray]]:
+        """A unit query embedding for every nn and rerank key of each expression: given explicitly, or from
+        the query towers, which encode the requests of a key in one batch."""
+        wanted: dict[str, list[int]] = {}
+        out: list[dict[str, np.ndarray]] = [{} for _ in requests]
+        for i, (root, request) in enumerate(zip(roots, requests, strict=True)):
+            for key in sorted({n.key for n in vector_nodes(root)}):
+                d = self.engine.index.fields[key].d
+                given = request.vector.get(key) if isinstance(request.vector, Mapping) else request.vector
+                if given is not None:
+                    out[i][key] = unit_vector(given, d, f"vector for embedding key {key!r}", SearchError)
+                elif request.query_text is None and request.searcher_id is None:
+                    raise SearchError(
+                        f"embedding key {key!r} needs a query embedding: give query text, a searcher or a "
+                        "vector"
+                    )
+                else:
+                    wanted.setdefault(key, []).append(i)
+        for key, rows in wanted.items():
+            encoded = self._encode(key, [_query_input(requests[i]) for i in rows])
             d = self.engine.index.fields[key].d
-            given = request.vector.get(key) if isinstance(request.vector, Mapping) else request.vector
-            if given is not None:
-                vectors[key] = unit_vector(given, d, f"vector for embedding key {key!r}", SearchError)
-                continue
-            if request.query_text is None and request.searcher_id is None:
-                raise SearchError(
-                    f"embedding key {key!r} needs a query embedding: give query text, a searcher or a vector"
-                )
-            vectors[key] = unit_vector(
-                self._encode(key, request), d, f"query embedding of {key!r}", SearchError
-            )
-        return vectors
+            for i, vector in zip(rows, encoded, strict=True):
+                out[i][key] = unit_vector(vector, d, f"query embedding of {key!r}", SearchError)
+        return out
 
-    def _encode(self, key: str, request: SearchRequest) -> np.ndarray:
-        from ebr.models.export import QueryInput  # the towers' format is owned by ebr/models/
-
-        context = request.context or {}
-        query = QueryInput(
-            query_text=request.query_text or "",
-            user_id=request.searcher_id,
-            city=context.get("city"),
-            region=context.get("region"),
-            country=context.get("country"),
-            language=context.get("language"),
-        )
+    def _encode(self, key: str, queries: list[Any]) -> np.ndarray:
+        """Query embeddings of `key`: its query tower, or an ensemble's weighted concatenation of towers."""
         if (self.version_dir / "towers" / key).is_dir():
-            return self._encoder(key).encode([query])[0]
-        spec = (self.manifest.get("retriever") or {}).get("spec") or {}
-        if spec.get("kind") == "ensemble" and spec.get("name") == key:
-            from ebr.retrieval.retrievers import RetrieverSpec, index_queries
-
+            return self._encoder(key).encode(queries)
+        spec = (self.manifest.get("retrievers") or {}).get(key)
+        if spec and spec.get("kind") == "ensemble":
             ensemble = RetrieverSpec.from_dict(spec)
-            parts = {k: self._encoder(k).encode([query]) for k in ensemble.keys}
-            return index_queries(ensemble, parts)[0]
+            return index_queries(ensemble, {k: self._encoder(k).encode(queries) for k in ensemble.keys})
         raise SearchError(f"nn key {key!r} has no query tower in version {self.version}: pass a vector")
 
     def _encoder(self, key: str) -> Any:
@@ -231,27 +257,56 @@ class SearchService:
             return self._encoders[key]
 
     def search(self, request: SearchRequest, timeout_s: float | None = None) -> SearchResponse:
+        return self.search_many([request], timeout_s)[0]
+
+    def search_many(
+        self, requests: Sequence[SearchRequest], timeout_s: float | None = None
+    ) -> list[SearchResponse]:
+        """Answer requests in order; queries of the same tower are encoded together. `timeout_s` bounds the
+        engine's work on each request."""
         started = time.monotonic()
-        limit = self.config.default_limit if request.limit is None else request.limit
-        if not 1 <= limit <= self.config.max_limit:
-            raise SearchError(f"limit must be between 1 and {self.config.max_limit}, got {limit}")
-        order = request.order or self.config.order
-        if order not in ORDERS:
-            raise SearchError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
-        root = self.expression(request)
-        vectors = self.query_vectors(root, request)
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s  # for the engine's work
-        hits = self.engine.search(
-            root,
-            vectors,
-            limit=limit,
-            order=order,
-            deadline=deadline,
-            costs=self.config.planner,
-            query_text=request.query_text,
-            bm25=self.config.bm25,
-        )
-        return SearchResponse(self.version, str(root), hits, 1000 * (time.monotonic() - started))
+        plans = []
+        for request in requests:
+            limit = self.config.default_limit if request.limit is None else request.limit
+            if not 1 <= limit <= self.config.max_limit:
+                raise SearchError(f"limit must be between 1 and {self.config.max_limit}, got {limit}")
+            order = request.order or self.config.order
+            if order not in ORDERS:
+                raise SearchError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+            plans.append((self.expression(request), limit, order))
+        vectors = self.query_vectors([p[0] for p in plans], requests)
+        encoded_ms = 1000 * (time.monotonic() - started) / max(len(requests), 1)
+        out = []
+        for (root, limit, order), request, query_vectors in zip(plans, requests, vectors, strict=True):
+            begun = time.monotonic()
+            deadline = None if timeout_s is None else begun + timeout_s  # for the engine's work
+            hits = self.engine.search(
+                root,
+                query_vectors,
+                limit=limit,
+                order=order,
+                deadline=deadline,
+                costs=self.config.planner,
+                query_text=request.query_text,
+                bm25=self.config.bm25,
+            )
+            took = encoded_ms + 1000 * (time.monotonic() - begun)
+            out.append(SearchResponse(self.version, str(root), hits, took))
+        return out
+
+
+def _query_input(request: SearchRequest) -> Any:
+    from ebr.models.export import QueryInput  # the towers' format is owned by ebr/models/
+
+    context = request.context or {}
+    return QueryInput(
+        query_text=request.query_text or "",
+        user_id=request.searcher_id,
+        city=context.get("city"),
+        region=context.get("region"),
+        country=context.get("country"),
+        language=context.get("language"),
+    )
 
 
 class HotSwapper:

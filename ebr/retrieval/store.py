@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ebr.registry import atomic_write_text
+from ebr.io import atomic_write_text, fsync_dir
 from ebr.retrieval.executor import DEFAULT_COSTS, Hits, PlannerCosts, execute
 from ebr.retrieval.index import (
     Change,
@@ -180,14 +180,6 @@ def read_log(path: Path, repair: bool) -> list[Change]:
             f.flush()
             os.fsync(f.fileno())
     return changes
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Engine:
@@ -412,10 +404,10 @@ class Engine:
                 with open(path, "rb") as f:
                     os.fsync(f.fileno())
         os.replace(tmp, snapshots / str(generation))
-        _fsync_dir(snapshots)
+        fsync_dir(snapshots)
         new_log = open(self._log_path(generation), "ab")  # noqa: SIM115
         os.fsync(new_log.fileno())
-        _fsync_dir(self.state_dir)
+        fsync_dir(self.state_dir)
         atomic_write_text(self.state_dir / "CURRENT", json.dumps({"generation": generation}))
         with self._rw.write():
             old_log, self._log = self._log, new_log

@@ -1,4 +1,4 @@
-"""Evaluation step: recall@K on held-out sessions (paper §2.1), exact KNN per vertical, towers and baselines.
+"""Evaluation step: recall@K on the evaluation sessions (paper §2.1); exact KNN per vertical and baselines.
 
 recall@K = |top-K ∩ T| / |T| averaged over sessions, T = the clicked documents of a held-out session. Towers
 retrieve by exact inner-product search (faiss IndexFlatIP) over every document of the session's vertical;
@@ -9,6 +9,7 @@ document), also per query form (misspelled, partial, ...). Intents are read here
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from functools import partial
@@ -22,12 +23,12 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from ebr import home
-from ebr.models.features import FeatureSet
+from ebr.io import atomic_write_text
+from ebr.models.features import PARTS, FeatureSet
 from ebr.models.lightning_module import TwoTowerModule
 from ebr.models.text_features import normalize_text
-from ebr.models.training import embed_documents, embed_queries
+from ebr.models.training import embed_documents, embed_queries, load_module
 from ebr.runners import map_shards, row_shards
-from ebr.schema import VERTICALS
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,10 @@ def evaluate(
     for kind, table in targets.items():
         key = "recall" if kind == "clicks" else "recall_intent"
         report[key] = {
-            name: recall_by_group(ranked, rows, table, features.session_vertical, ks)
+            name: recall_by_group(ranked, rows, table, features.session_vertical, ks, features.verticals)
             for name, ranked in retrievers.items()
         }
-        report["sessions"][kind] = _session_counts(table, features.session_vertical)
+        report["sessions"][kind] = _session_counts(table, features)
     if "intents" in targets:
         table = targets["intents"]
         report["recall_intent_by_query_form"] = {
@@ -114,9 +115,14 @@ def evaluate(
     return report
 
 
+def _evaluated(features: FeatureSet) -> np.ndarray:
+    """True for the sessions the recall table is computed on: the `evaluate` part of the split."""
+    return features.session_part == PARTS.index("evaluate")
+
+
 def _click_targets(features: FeatureSet) -> pd.DataFrame:
     imp = features.impressions
-    held = features.heldout[imp["session_row"].to_numpy()] & imp["clicked"].to_numpy()
+    held = _evaluated(features)[imp["session_row"].to_numpy()] & imp["clicked"].to_numpy()
     return imp.loc[held, ["session_row", "doc_row"]].drop_duplicates().reset_index(drop=True)
 
 
@@ -124,14 +130,16 @@ def _intent_targets(features: FeatureSet, intents: pd.DataFrame) -> pd.DataFrame
     s = features.session_rows(intents["session_id"].to_numpy(np.int64))
     d = features.doc_rows(intents["target_doc_id"].to_numpy(np.int64))
     ok = (s >= 0) & (d >= 0)
-    ok[ok] &= features.heldout[s[ok]]
+    ok[ok] &= _evaluated(features)[s[ok]]
     form = intents["query_form"].fillna("unknown").to_numpy(object)
     return pd.DataFrame({"session_row": s[ok], "doc_row": d[ok], "query_form": form[ok]})
 
 
-def _session_counts(table: pd.DataFrame, session_vertical: np.ndarray) -> dict[str, int]:
-    verticals = session_vertical[table["session_row"].to_numpy()]
-    per = {v: int(table.loc[verticals == i, "session_row"].nunique()) for i, v in enumerate(VERTICALS)}
+def _session_counts(table: pd.DataFrame, features: FeatureSet) -> dict[str, int]:
+    verticals = features.session_vertical[table["session_row"].to_numpy()]
+    per = {
+        v: int(table.loc[verticals == i, "session_row"].nunique()) for i, v in enumerate(features.verticals)
+    }
     return {**per, "all": int(table["session_row"].nunique())}
 
 
@@ -155,13 +163,19 @@ def _recall(table: pd.DataFrame, ranks: np.ndarray, ks: list[int]) -> dict[str, 
 
 
 def recall_by_group(
-    ranked: np.ndarray, rows: np.ndarray, table: pd.DataFrame, session_vertical: np.ndarray, ks: list[int]
+    ranked: np.ndarray,
+    rows: np.ndarray,
+    table: pd.DataFrame,
+    session_vertical: np.ndarray,
+    ks: list[int],
+    names: tuple[str, ...],
 ) -> dict[str, dict[str, float]]:
-    """recall@K per vertical and over all sessions ("all")."""
+    """recall@K per vertical (`names`: the verticals the codes of `session_vertical` index) and over all
+    sessions ("all")."""
     ranks = target_hits(ranked, rows, table)
     verticals = session_vertical[table["session_row"].to_numpy()]
     out = {}
-    for i, v in enumerate(VERTICALS):
+    for i, v in enumerate(names):
         sel = verticals == i
         if sel.any():
             out[v] = _recall(table[sel], ranks[sel], ks)
@@ -202,13 +216,13 @@ def incumbent_ranking(features: FeatureSet, rows: np.ndarray, depth: int) -> np.
 def bm25_ranking(features: FeatureSet, rows: np.ndarray, depth: int, k1: float, b: float) -> np.ndarray:
     """BM25 over the titles of the session's vertical; documents without a matching term are not retrieved."""
     out = np.full((len(rows), depth), -1, np.int64)
-    for i, _ in enumerate(VERTICALS):
+    for i, _ in enumerate(features.verticals):
         pool = np.flatnonzero(features.doc_vertical == i)
         sel = np.flatnonzero(features.session_vertical[rows] == i)
         if len(pool) == 0 or len(sel) == 0:
             continue
         retriever = bm25s.BM25(k1=k1, b=b)
-        retriever.index([normalize_text(t).split() for t in features.doc_titles[pool]], show_progress=False)
+        retriever.index([normalize_text(t).split() for t in features.doc_texts[pool]], show_progress=False)
         queries = [normalize_text(q).split() for q in features.session_queries[rows[sel]]]
         k = min(depth, len(pool))
         found, scores = retriever.retrieve(queries, k=k, show_progress=False)
@@ -223,7 +237,7 @@ def knn_ranking(
     queries searched in shards of `block` on the current runner (ebr/runners.py). docs: one row per
     document; queries: one per session of `rows`."""
     out = np.full((len(rows), depth), -1, np.int64)
-    for i, _ in enumerate(VERTICALS):
+    for i, _ in enumerate(features.verticals):
         pool = np.flatnonzero(features.doc_vertical == i)
         sel = np.flatnonzero(features.session_vertical[rows] == i)
         if len(pool) == 0 or len(sel) == 0:
@@ -270,3 +284,15 @@ def markdown_report(report: Mapping[str, Any]) -> str:
                 lines.append(f"| {model} | {form} | {cells} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def evaluate_models(
+    cfg: DictConfig, features: FeatureSet, models: Mapping[str, Any], out: Path
+) -> dict[str, Any]:
+    """Step `evaluate`: the towers' recall table (models x verticals x K) with the baselines, on the
+    evaluation sessions; report.json and report.md in `out`."""
+    modules = {name: load_module(Path(info["checkpoint"])) for name, info in models.items()}
+    report = evaluate(cfg, features, modules, load_intents(intents_path(cfg)))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
+    atomic_write_text(out / "report.md", markdown_report(report))
+    return report

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ebr.registry import atomic_write_text
+from ebr.io import atomic_write_text
 
 DONE = "done.json"
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import resource
 import time
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from ebr.io import atomic_write_text
 from ebr.models.export import export_query_tower
-from ebr.models.features import build_features, split_sessions
+from ebr.models.features import build_features, split_from_config
 from ebr.models.training import embed_documents, load_module, train_tower
 from ebr.steps.evaluate import evaluate, intents_path, load_intents, markdown_report
 
@@ -29,7 +29,7 @@ def train_and_evaluate(cfg: DictConfig, db_path: Path, out_dir: Path) -> dict[st
     """Features -> train every model of train.models -> export -> evaluate; returns the report dict."""
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    split = split_sessions(db_path, int(cfg.data.heldout_sessions), float(cfg.eval.heldout_max_fraction))
+    split = split_from_config(db_path, cfg)
     features = build_features(db_path, cfg, split)
     feature_seconds = time.perf_counter() - started
     modules, training = {}, {}
@@ -57,12 +57,6 @@ def train_and_evaluate(cfg: DictConfig, db_path: Path, out_dir: Path) -> dict[st
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
     )
-    _write_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=str))
-    _write_atomic(out_dir / "report.md", markdown_report(report))
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, default=str))
+    atomic_write_text(out_dir / "report.md", markdown_report(report))
     return report
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -29,6 +29,7 @@ EXPECTED_ARTIFACTS = {
     "mined-tables",
     "recall-table",
     "ann-operating-points",
+    "serving-templates",  # the templates calibrated through the engine
     "recall-gate",
     "publication",
     "progress-train-text",  # a progress artifact of a long step (the text tower's training)

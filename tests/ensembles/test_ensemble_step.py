@@ -13,11 +13,12 @@ from ebr.evaluation.ensembles import (
     evaluation_markdown,
     evaluation_table,
     fill_weights,
-    pick_served,
+    search_rows,
     specs_from_config,
 )
 from ebr.models.ensembles import l2_normalize
-from ebr.retrieval.retrievers import Retriever, RetrieverSpec, index_docs, single
+from ebr.retrieval.query import parse
+from ebr.retrieval.retrievers import RetrieverSpec, bm25_expression, expression, index_docs, single
 
 
 @pytest.fixture(scope="module")
@@ -78,20 +79,36 @@ def test_evaluation_table_before_and_after_quantisation(views):
         by_name["text"]["recall_exact"], by_name["unified"]["recall_exact"]
     )
     assert all(r["recall_quantised"] is not None for r in rows)
-    assert pick_served(rows, "best") == max(rows, key=lambda r: r["recall_quantised"])["name"]
-    assert pick_served(rows, "text") == "text"
-    with pytest.raises(ValueError, match="not one of the evaluated retrievers"):
-        pick_served(rows, "nope")
     md = evaluation_markdown(rows)
     assert "| text+unified w=[1.0," in md and "| text>unified n=50 | cascade |" in md
 
 
-def test_retriever_maps_rows_to_doc_ids(views):
+def test_search_rows_is_exact_knn_without_an_index(views):
     queries, docs, _ = views
-    doc_ids = np.arange(800) * 10 + 5
-    retriever = Retriever(single("text"), doc_ids, docs)
     rows = exact_knn(queries["text"], docs["text"], 3)[1]
-    np.testing.assert_array_equal(retriever.search_vectors(queries, 3), doc_ids[rows])
+    np.testing.assert_array_equal(search_rows(single("text"), queries, docs, 3), rows)
+
+
+def test_every_retriever_kind_is_an_engine_expression():
+    ensemble = RetrieverSpec(
+        name="text+unified", kind="ensemble", keys=("text", "unified"), weights=(1.0, 2.0)
+    )
+    cascade = RetrieverSpec(name="text>unified", kind="cascade", keys=("text", "unified"), n=200)
+    assert expression(single("text"), "People", 16, radius=0.3) == (
+        "(and (term vertical:people) (or $text (nn text :radius 0.3 :nprobe 16)))"
+    )
+    assert expression(ensemble, "groups", 8, k=50) == (
+        "(and (term vertical:groups) (or $text (nn text+unified :k 50 :nprobe 8)))"
+    )
+    assert expression(cascade, "people", 4, radius=2.0, fusion=":bm25 0.3") == (
+        "(rerank unified :n 200 (fuse :bm25 0.3 (and (term vertical:people) (or $anytext "
+        "(nn text :radius 2.0 :nprobe 4)))))"
+    )
+    for expr in (expression(cascade, "people", 4, radius=0.5), bm25_expression("job ads")):
+        assert str(parse(expr)) == expr  # the engine parses what it is given to serve
+    assert bm25_expression("job ads") == "(fuse :bm25 1.0 (and (term vertical:job_ads) $anytext))"
+    with pytest.raises(ValueError, match="give a radius or a k"):
+        expression(single("text"), "people", 4)
 
 
 def test_spec_validation():

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from ebr import registry
 from ebr.cli import main
+from ebr.evaluation.gate import GateFailedError
 from ebr.flows.retrain import parameter_overrides, retrain
-from ebr.steps.gate import GateFailedError
 from ebr.steps.resume import DONE
 
 SMOKE = ["experiment=smoke"]
@@ -28,7 +28,7 @@ def test_parameters_become_overrides() -> None:
         "mining.easy_hard_ratio=10.0",
         "train.epochs=2",
     ]
-    assert "gate.verticals.groups.floor=0.5" in out
+    assert "gate.floor=0.5" in out
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -48,7 +48,10 @@ def test_retrain_publishes_resumes_and_gate_blocks(ebr_home: Path) -> None:
     manifest = registry.verify_version(registry.served_version_dir())
 
     # the published version serves: its query tower encodes a real query and the engine returns JSON hits
-    key = manifest["retriever"]["index_key"]
+    served = manifest["serving"]["verticals"]
+    assert set(served) == {"people", "groups", "events"} and all(v["calibrated"] for v in served.values())
+    assert report["serving"]["verticals"] == served  # the templates the gate measured are the ones served
+    key = served["groups"]["key"]
     expr = f"(and (term vertical:groups) (nn {key} :k 20 :nprobe 16))"
     args = ["--query-text", "running club", "--searcher", "1", "--k", "5", "--json"]
     found = CliRunner().invoke(main, ["search", "--expr", expr, *args])
@@ -57,10 +60,19 @@ def test_retrain_publishes_resumes_and_gate_blocks(ebr_home: Path) -> None:
     assert 0 < len(hits) <= 5 and all({"doc_id", "score"} <= set(h) for h in hits)
     assert all(-1.0 <= h["score"] <= 1.0 for h in hits)
 
+    # the vertical's template, as `ebr search --vertical` runs it, answers too
+    templated = CliRunner().invoke(main, ["search", "--vertical", "groups", *args])
+    assert templated.exit_code == 0 and json.loads(templated.output.strip().splitlines()[-1])
+
     # resume: a finished run recomputes nothing; a lost step is redone from its inputs
     (run_dir / "evaluate" / DONE).unlink()
     resumed = retrain(resume=report["run_id"], overrides=SMOKE, publish=False)
     assert resumed["recall"] == report["recall"]
+    # resuming a run that published publishes nothing new, even when its publish step must run again
+    (run_dir / "publish" / DONE).unlink()
+    again = retrain(resume=report["run_id"], overrides=SMOKE)
+    assert again["published_version"] == "v0001" and registry.served_version() == "v0001"
+    assert [p.name for p in (ebr_home / "versions").iterdir() if p.name.startswith("v")] == ["v0001"]
     assert json.loads((run_dir / "train" / DONE).read_text())["models"].keys() == {"text"}  # unified: mining
 
     # a gate that cannot pass fails the run with a one-line reason and publishes nothing

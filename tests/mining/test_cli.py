@@ -12,8 +12,9 @@ from click.testing import CliRunner
 
 from ebr.cli.mine import command
 
-FAST = ["train.epochs=1", "train.batch_size=1024", "train.progress_bar=false", "train.accelerator=cpu",
-        "train.torch_threads=1"]  # fmt: skip
+FAST = ["train.epochs=1", "train.min_steps=1", "train.batch_size=1024", "train.progress_bar=false",
+        "train.accelerator=cpu", "train.torch_threads=1"]  # fmt: skip
+SPLIT = ["data.split.tune=500", "data.split.evaluate=500"]
 
 
 def _last_json(output: str) -> dict:
@@ -23,7 +24,7 @@ def _last_json(output: str) -> dict:
 def test_mine_command_writes_run_and_tables(ebr_home: Path, tmp_path: Path, tiny_world):
     db = tmp_path / "ebr.duckdb"
     db.write_bytes(tiny_world[1].read_bytes())
-    args = ["--db", str(db), "--run-id", "mine-test", "--json", *FAST, "data.heldout_sessions=1000"]
+    args = ["--db", str(db), "--run-id", "mine-test", "--json", *FAST, *SPLIT]
     result = CliRunner().invoke(command, [*args, "experiment=mining_random", "mining.random_per_positive=3"])
     assert result.exit_code == 0, result.output
     assert "[round0] positives" in result.output and "contracts passed" in result.output
@@ -61,7 +62,7 @@ def test_tiny_world_mines_hard_positives_and_hard_negatives(ebr_home: Path):
     world = simulate("tiny", 7, ebr_home / "worlds" / "tiny-s7")
     db = ebr_home / "ebr.duckdb"
     ingest_logs(world, db, OmegaConf.load(PROJECT_ROOT / "conf" / "ingest" / "default.yaml"))
-    overrides = [*FAST, "data.heldout_sessions=1000", "mining.positives=clicks+hard",
+    overrides = [*FAST, *SPLIT, "mining.positives=clicks+hard",
                  "mining.easy_hard_ratio=10", "mining.hard.window=[11,100]"]  # fmt: skip
     result = CliRunner().invoke(command, ["--run-id", "mine-world", "--json", *overrides])
     assert result.exit_code == 0, result.output

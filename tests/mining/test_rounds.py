@@ -14,19 +14,19 @@ from ebr.contracts.mined import MinedContractError
 from ebr.mining import mine
 from ebr.mining.rounds import mine_table, run_mining
 from ebr.mining.store import load_round, save_round
-from ebr.models.features import build_features, split_sessions
+from ebr.models.features import build_features, split_from_config
 from ebr.models.mined_data import MinedTripletDataModule
 
-FAST = ["train.epochs=1", "train.batch_size=1024", "train.progress_bar=false", "train.accelerator=cpu",
-        "train.torch_threads=1", "data.heldout_sessions=1000", "mining.hard.window=[5,40]",
-        "mining.easy_hard_ratio=10"]  # fmt: skip
+FAST = ["train.epochs=1", "train.min_steps=1", "train.batch_size=1024", "train.progress_bar=false",
+        "train.accelerator=cpu", "train.torch_threads=1", "data.split.tune=500", "data.split.evaluate=500",
+        "mining.hard.window=[5,40]", "mining.easy_hard_ratio=10"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_world):
     _, db = tiny_world
     cfg = load_config(FAST)
-    split = split_sessions(db, int(cfg.data.heldout_sessions), float(cfg.eval.heldout_max_fraction))
+    split = split_from_config(db, cfg)
     return db, split, build_features(db, cfg, split)
 
 

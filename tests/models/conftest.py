@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from tiny_logs import FAST, tiny_tables, write_db
 
 from ebr.config import load_config
-from ebr.models.features import FeatureSet, build_features, split_sessions
+from ebr.models.features import FeatureSet, build_features, split_from_config
 from ebr.models.training import TrainedTower, train_tower
 
 
@@ -31,9 +31,7 @@ def fast_cfg() -> DictConfig:
 
 @pytest.fixture(scope="session")
 def tiny_features(tiny_db: Path, fast_cfg: DictConfig) -> FeatureSet:
-    split = split_sessions(
-        tiny_db, int(fast_cfg.data.heldout_sessions), float(fast_cfg.eval.heldout_max_fraction)
-    )
+    split = split_from_config(tiny_db, fast_cfg)
     return build_features(tiny_db, fast_cfg, split)
 
 

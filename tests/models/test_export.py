@@ -39,6 +39,7 @@ def test_exported_encoder_matches_training_tower(
     assert sorted(p.name for p in folder.iterdir()) == [
         "config.json",
         "hashing.json",
+        "idf.npz",
         "users.npz",
         "vocabs.json",
         "weights.pt",

@@ -190,7 +190,9 @@ FAST = [
     "model.groups.location.dim=2",
     "model.groups.social.dim=4",
     "train.epochs=6",
+    "train.min_steps=1",
     "train.batch_size=64",
     "train.progress_bar=false",
-    "data.heldout_sessions=400",
+    "data.split.tune=200",
+    "data.split.evaluate=200",
 ]

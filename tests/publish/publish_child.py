@@ -10,7 +10,7 @@ from pathlib import Path
 
 from publish_pieces import make_pieces, make_world, passing_gate
 
-from ebr.steps import publish
+from ebr.registry import publication
 
 
 def main(step: str) -> None:
@@ -19,8 +19,10 @@ def main(step: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     pieces = make_pieces(make_world(), Path(tempfile.mkdtemp()), seed=2)
-    publish.STEP_HOOK = kill_at
-    publish.publish_version(pieces, passing_gate(), metrics={}, config={"child": True}, run_id="run-child")
+    publication.STEP_HOOK = kill_at
+    publication.publish_version(
+        pieces, passing_gate(), metrics={}, config={"child": True}, run_id="run-child"
+    )
 
 
 if __name__ == "__main__":

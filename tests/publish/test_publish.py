@@ -1,4 +1,5 @@
-"""Publication: version format, checksums on load, registry and rollback, and kills at every step."""
+"""Publication: version format, checksums on load, registry and rollback, kills at every step, the staged
+candidate measured as it is served, and publication idempotent per run."""
 
 from __future__ import annotations
 
@@ -13,22 +14,33 @@ import duckdb
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from publish_pieces import GATE, in_memory, load_encoder, make_pieces, make_world, passing_gate
+from publish_pieces import GATE, VERTICALS, make_pieces, make_world, passing_gate, sessions
 
 from ebr import home, registry
 from ebr.cli import rollback as rollback_cmd
 from ebr.cli import versions as versions_cmd
-from ebr.retrieval.retrievers import load_version
-from ebr.steps import publish
-from ebr.steps.gate import GateFailedError, enforce, evaluate_gate, measure_recall, run_gate
+from ebr.evaluation.gate import GateFailedError, enforce, evaluate_gate
+from ebr.registry import catalogue, publication
+from ebr.retrieval.config import load_engine_config
+from ebr.retrieval.service import SearchService
+from ebr.steps.gate import published_recall, served_recall
 
 HERE = Path(__file__).parent
+ENGINE = load_engine_config()
 
 
 def _entries() -> list[str]:
     """What is in versions/ besides the lock file."""
     folder = home.versions_dir()
     return sorted(p.name for p in folder.iterdir() if p.name != ".lock") if folder.exists() else []
+
+
+def _recall(version_dir: Path, world) -> dict[str, float]:
+    service = SearchService.open(version_dir, ENGINE, writable=False)
+    try:
+        return served_recall(service, sessions(world), GATE)
+    finally:
+        service.close()
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +52,9 @@ def world():
 def published(ebr_home, tmp_path, world):
     """A home with v0001 published and served."""
     pieces = make_pieces(world, tmp_path, seed=1)
-    return publish.publish_version(pieces, passing_gate(), {"eval": {"recall": 0.5}}, {"seed": 1}, "run-1")
+    return publication.publish_version(
+        pieces, passing_gate(), {"eval": {"recall": 0.5}}, {"seed": 1}, "run-1"
+    )
 
 
 def test_published_version_has_everything_serving_needs(published, world):
@@ -50,29 +64,46 @@ def test_published_version_has_everything_serving_needs(published, world):
         "doc_ids.npy",
         "documents.parquet",
         "embeddings/unified.npy",
-        "faiss/unified.faiss",
+        "engine/nn/unified.faiss",
         "towers/unified/projection.npy",
         "towers/unified/config.json",
-        "engine/postings.json",
+        "engine/meta.json",
     } <= files
+    assert not any(f.startswith("faiss/") for f in files)  # one copy of each quantised index: the engine's
     m = published.manifest
-    assert m["gate"]["passed"] and m["run_id"] == "run-1" and m["config"] == {"seed": 1}
+    assert m["format"] == publication.FORMAT and m["gate"]["passed"] and m["run_id"] == "run-1"
+    assert m["config"] == {"seed": 1} and m["retrievers"]["unified"]["kind"] == "single"
     assert m["indexes"]["unified"]["nprobe"] == 8 and m["indexes"]["unified"]["metric"] == "inner_product"
+    assert set(m["serving"]["verticals"]) == set(VERTICALS)
     assert set(m["code_version"]) == {"package", "git_commit", "git_dirty"} and "digest" in m["data_version"]
     assert registry.verify_version(published.path)["version"] == "v0001"
-    # the loaded version retrieves exactly what the in-memory candidate did
-    loaded = load_version(published.path, encoder_loader=load_encoder)
-    queries = world.sessions["people"].queries
-    np.testing.assert_array_equal(
-        loaded.search(queries, 5),
-        in_memory(make_pieces(world, published.path.parent / "x", seed=1)).search(queries, 5),
+    # served through the engine, every vertical finds most targets (the tiny index scans everything)
+    assert min(_recall(published.path, world).values()) > 0.8
+
+
+def test_staged_candidate_is_measured_and_promoted_as_it_is(ebr_home, tmp_path, world):
+    staged = tmp_path / "run" / "candidate"
+    manifest = publication.stage_version(
+        make_pieces(world, tmp_path), staged, {}, {}, "run-7", {"digest": "x"}
     )
+    assert manifest["version"] is None and manifest["gate"] is None and registry.served_version() is None
+    before = _recall(staged, world)  # the gate measures the staged folder itself
+    done = publication.promote(staged, passing_gate(), "run-7")
+    assert done.version == "v0001" and registry.served_version() == "v0001"
+    assert _recall(done.path, world) == before  # what was measured is what is served
+    assert done.manifest["gate"]["passed"] and done.manifest["version"] == "v0001"
+    # resuming the run after it published publishes nothing new
+    again = publication.promote(staged, passing_gate(), "run-7")
+    assert again.version == "v0001" and _entries() == ["v0001"]
+    assert staged.is_dir() and registry.verify_version(staged)["version"] is None  # the staged copy untouched
 
 
 def test_listing_rollback_and_history(published, tmp_path, world):
-    second = publish.publish_version(make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2")
+    second = publication.publish_version(
+        make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2"
+    )
     assert second.version == "v0002" and registry.served_version() == "v0002"
-    listed = publish.list_versions()
+    listed = catalogue.list_versions()
     assert [(v["version"], v["served"]) for v in listed] == [("v0001", False), ("v0002", True)]
     assert listed[0]["gate_metrics"]["people"] == {
         "metric": "recall@5",
@@ -80,9 +111,9 @@ def test_listing_rollback_and_history(published, tmp_path, world):
         "floor": 0.2,
         "published": None,
     }
-    assert publish.rollback("v0001") == "v0002" and registry.served_version() == "v0001"
-    with pytest.raises(publish.UnknownVersionError, match="unknown version 'v0009'.*v0001, v0002"):
-        publish.rollback("v0009")
+    assert catalogue.rollback("v0001") == "v0002" and registry.served_version() == "v0001"
+    with pytest.raises(catalogue.UnknownVersionError, match="unknown version 'v0009'.*v0001, v0002"):
+        catalogue.rollback("v0009")
     with duckdb.connect(str(home.db_path()), read_only=True) as con:
         events = con.execute("SELECT action, version, previous FROM serving_events ORDER BY ts").fetchall()
     assert events == [
@@ -93,18 +124,18 @@ def test_listing_rollback_and_history(published, tmp_path, world):
 
 
 def test_tampered_file_is_refused_on_load_and_rollback(published, tmp_path, world):
-    publish.publish_version(make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2")
+    publication.publish_version(make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2")
     target = published.path / "embeddings" / "unified.npy"
     os.chmod(target, 0o644)
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF
     target.write_bytes(bytes(data))
     with pytest.raises(registry.CorruptVersionError, match=r"embeddings/unified.npy: checksum mismatch"):
-        load_version(published.path, encoder_loader=load_encoder)
+        SearchService.open(published.path, ENGINE, writable=False)
     with pytest.raises(registry.CorruptVersionError, match="checksum mismatch"):
-        publish.rollback("v0001")
+        catalogue.rollback("v0001")
     assert registry.served_version() == "v0002"
-    assert {v["version"]: v["verified"] for v in publish.list_versions(verify=True)} == {
+    assert {v["version"]: v["verified"] for v in catalogue.list_versions(verify=True)} == {
         "v0001": False,
         "v0002": True,
     }
@@ -114,12 +145,17 @@ def test_tampered_file_is_refused_on_load_and_rollback(published, tmp_path, worl
 
 
 def test_failed_gate_publishes_nothing(ebr_home, tmp_path, world):
-    failing = evaluate_gate({"people": 0.1, "groups": 0.9, "events": 0.9}, None, GATE)
+    failing = evaluate_gate({"people": 0.1, "groups": 0.9, "events": 0.9}, None, GATE).to_dict()
     with pytest.raises(
-        GateFailedError, match="refusing to publish: gate failed: vertical=people recall@5=0.1000"
+        publication.PublicationRefusedError,
+        match="refusing to publish: gate failed: vertical=people recall@5=0.1000",
     ):
-        publish.publish_version(make_pieces(world, tmp_path), failing, {}, {}, "run-x")
-    assert publish.list_versions() == [] and registry.served_version() is None
+        publication.publish_version(make_pieces(world, tmp_path), failing, {}, {}, "run-x")
+    staged = tmp_path / "staged"
+    publication.stage_version(make_pieces(world, tmp_path), staged, {}, {}, "run-y", {})
+    with pytest.raises(publication.PublicationRefusedError):
+        publication.promote(staged, failing, "run-y")
+    assert catalogue.list_versions() == [] and registry.served_version() is None
     assert _entries() == []
 
 
@@ -127,12 +163,12 @@ def test_invalid_pieces_leave_nothing_behind(ebr_home, tmp_path, world):
     pieces = make_pieces(world, tmp_path)
     pieces.embeddings = {"unified": pieces.embeddings["unified"][:-1]}
     with pytest.raises(ValueError, match=r"embeddings\['unified'\] has 299 rows for 300 doc_ids"):
-        publish.publish_version(pieces, passing_gate(), {}, {}, "run-x")
+        publication.publish_version(pieces, passing_gate(), {}, {}, "run-x")
     assert _entries() == []
 
 
 def test_cli_versions_json_and_rollback(published, tmp_path, world):
-    publish.publish_version(make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2")
+    publication.publish_version(make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2")
     runner = CliRunner()
     out = runner.invoke(versions_cmd.command, ["--json"])
     assert out.exit_code == 0, out.output
@@ -153,7 +189,7 @@ def test_cli_registers_versions_and_rollback():
     assert {"versions", "rollback"} <= set(main.commands)
 
 
-KILL_STEPS = ["staged", "wrote:embeddings/unified.npy", *[s for s in publish.STEPS if s != "staged"]]
+KILL_STEPS = ["staged", "wrote:embeddings/unified.npy", *[s for s in publication.STEPS if s != "staged"]]
 
 
 @pytest.mark.parametrize("step", KILL_STEPS)
@@ -169,14 +205,15 @@ def test_kill_during_publication_keeps_the_previous_version(published, tmp_path,
         timeout=120,
     )
     assert child.returncode == -9, child.stderr  # killed at the step, not finished or failed
-    committed = publish.STEPS.index(step) >= publish.STEPS.index("served") if step in publish.STEPS else False
+    steps = publication.STEPS
+    committed = steps.index(step) >= steps.index("served") if step in steps else False
     expected = ["v0001", "v0002"] if committed else ["v0001"]
     assert registry.served_version() == expected[-1]
-    listed = publish.list_versions(verify=True)
+    listed = catalogue.list_versions(verify=True)
     assert [v["version"] for v in listed] == expected and all(v["verified"] for v in listed)
-    load_version(registry.served_version_dir(), encoder_loader=load_encoder)  # serving still loads
+    SearchService.open(registry.served_version_dir(), ENGINE, writable=False).close()  # serving still loads
     # the next publication cleans up and succeeds
-    nxt = publish.publish_version(make_pieces(world, tmp_path, seed=3), passing_gate(), {}, {}, "run-3")
+    nxt = publication.publish_version(make_pieces(world, tmp_path, seed=3), passing_gate(), {}, {}, "run-3")
     assert nxt.version == f"v000{len(expected) + 1}"
     assert _entries() == [*expected, nxt.version]
     with duckdb.connect(str(home.db_path()), read_only=True) as con:
@@ -190,35 +227,27 @@ def test_staging_leftovers_are_invisible_and_cleaned(published, tmp_path, world)
     staging = home.versions_dir() / ".staging-v0002-999"
     shutil.copytree(published.path, staging)
     (staging / "half.npy").write_bytes(b"partial")
-    assert [v["version"] for v in publish.list_versions()] == ["v0001"]
-    publish.publish_version(make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2")
+    assert [v["version"] for v in catalogue.list_versions()] == ["v0001"]
+    publication.publish_version(make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2")
     assert not staging.exists()
 
 
 def test_gate_against_the_served_version(published, tmp_path, world):
-    """The published index's recall on the gate sessions decides a regression."""
-    from ebr.steps.gate import served_recall
-
-    version, old = served_recall(world.sessions, GATE, encoder_loader=load_encoder)
-    assert version == "v0001"
-    same = in_memory(make_pieces(world, tmp_path, seed=1))
-    assert measure_recall(same.search, world.sessions, GATE) == old
-    worse = in_memory(make_pieces(world, tmp_path, doc_noise=0.6, seed=1))
-    new = measure_recall(worse.search, world.sessions, GATE)
+    """The published version and the candidate are measured the same way on the same sessions."""
+    version, old = published_recall(sessions(world), GATE, ENGINE)
+    assert version == "v0001" and old == _recall(published.path, world)
+    same = tmp_path / "same"
+    publication.stage_version(make_pieces(world, tmp_path, seed=1), same, {}, {}, "run-2", {})
+    assert _recall(same, world) == old
+    worse = tmp_path / "worse"
+    publication.stage_version(make_pieces(world, tmp_path, doc_noise=1.0, seed=1), worse, {}, {}, "run-3", {})
+    new = _recall(worse, world)
     assert all(new[v] < old[v] - GATE.tolerance for v in old) and min(new.values()) > 0.2  # above the floors
     result = evaluate_gate(new, old, GATE, published_version=version)
     assert not result.passed
     assert result.reason.startswith("gate failed: vertical=people recall@5=")
     assert "< published v0001" in result.reason and "\n" not in result.reason
-    assert evaluate_gate(measure_recall(same.search, world.sessions, GATE), old, GATE, version).passed
-
-
-def test_run_gate_measures_both_sides_and_leaves_a_report(published, tmp_path, world):
-    worse = in_memory(make_pieces(world, tmp_path, doc_noise=0.6, seed=1))
-    result = run_gate(worse.search, world.sessions, GATE, tmp_path / "run", encoder_loader=load_encoder)
-    assert not result.passed and result.published_version == "v0001"
-    assert result.sessions == {"people": 40, "groups": 40, "events": 40}
-    assert json.loads((tmp_path / "run" / "gate.json").read_text())["reason"] == result.reason
     with pytest.raises(GateFailedError):
         enforce(result)
-    assert registry.served_version() == "v0001"
+    assert evaluate_gate(_recall(same, world), old, GATE, version).passed
+    assert np.isfinite(list(new.values())).all()

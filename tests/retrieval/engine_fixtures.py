@@ -124,7 +124,8 @@ def write_version(
     manifest: dict | None = None,
     titles: list[str] | None = None,
 ) -> Path:
-    """A published version folder (the publication step's format) with its engine/ built by the builder."""
+    """A published version folder (the publication's format) with its engine/ built by the builder from the
+    trained quantisers."""
     import pandas as pd
 
     version_dir.mkdir(parents=True)
@@ -138,12 +139,8 @@ def write_version(
         }
     ).to_parquet(version_dir / "documents.parquet", index=False)
     (version_dir / "embeddings").mkdir()
-    (version_dir / "faiss").mkdir()
     for key, matrix in corpus.embeddings.items():
         np.save(version_dir / "embeddings" / f"{key}.npy", matrix)
-        populated = faiss.clone_index(trained[key])
-        populated.add(matrix)
-        faiss.write_index(populated, str(version_dir / "faiss" / f"{key}.faiss"))
-    build_engine(version_dir / "engine")
+    build_engine(version_dir / "engine", {key: trained[key] for key in corpus.embeddings})
     registry.write_manifest(version_dir, {"version": version_dir.name, **(manifest or {})})
     return version_dir

@@ -37,8 +37,10 @@ def test_the_engine_folder_matches_an_in_memory_build(tmp_path: Path, trained) -
     got, want = execute(loaded, EXPR, q), execute(corpus_index(corpus, trained), EXPR, q)
     assert got.doc_ids.tolist() == want.doc_ids.tolist() and got.total > 0
     np.testing.assert_array_equal(got.scores, want.scores)
-    # the published faiss index holds the same codes under row ids as the engine under internal ids
-    published = faiss.read_index(str(version / "faiss" / "unified.faiss"))
+    # the tuned faiss index, filled with the embeddings, holds the same codes under row ids as the engine's
+    # nn field under internal ids (the engine quantises with the trained index: the only copy in a version)
+    published = faiss.clone_index(trained["unified"])
+    published.add(corpus.embeddings["unified"])
     lims, _, ids = published.range_search(
         q["unified"][None, :],
         0.5,
@@ -52,16 +54,16 @@ def test_unusable_inputs_are_named(tmp_path: Path, trained) -> None:
     corpus = make_corpus(seed=42, n=50)
     version = write_version(tmp_path / "v0001", corpus, trained)
     with pytest.raises(FileExistsError, match="not empty"):
-        build_engine(version / "engine")
+        build_engine(version / "engine", trained)
     l2 = faiss.index_factory(D, "IVF4,PQ4x4")
     l2.train(clustered(np.random.default_rng(0), 500))
-    faiss.write_index(l2, str(version / "faiss" / "unified.faiss"))
     with pytest.raises(UnsupportedIndexError, match="'unified': the index must use METRIC_INNER_PRODUCT"):
-        build_engine(tmp_path / "v0001" / "engine2")
-    faiss.write_index(trained["unified"], str(version / "faiss" / "unified.faiss"))
+        build_engine(tmp_path / "v0001" / "engine2", {"unified": l2})
+    with pytest.raises(ValueError, match="'missing' has a faiss index but no embeddings"):
+        build_engine(tmp_path / "v0001" / "engine4", {"missing": trained["unified"]})
     pd.read_parquet(version / "documents.parquet").iloc[1:].to_parquet(version / "documents.parquet")
     with pytest.raises(ValueError, match=f"doc_id {corpus.doc_ids[0]} of doc_ids.npy has no row"):
-        build_engine(tmp_path / "v0001" / "engine3")
+        build_engine(tmp_path / "v0001" / "engine3", trained)
 
 
 def test_documents_parquet_may_give_payloads_in_an_aligned_column(tmp_path: Path, trained) -> None:
@@ -86,6 +88,6 @@ def test_documents_parquet_may_give_payloads_in_an_aligned_column(tmp_path: Path
     frequencies = [np.array([np.nan, np.nan] + [3.0] * (len(t) - 2), np.float32) for t in corpus.terms]
     documents = pd.read_parquet(version / "documents.parquet").assign(payloads=frequencies)
     documents.to_parquet(version / "documents.parquet", index=False)
-    index = EngineIndex.load(build_engine(version / "engine2"))
+    index = EngineIndex.load(build_engine(version / "engine2", trained))
     assert index.has_payloads
     assert index.text_lengths.tolist() == [3.0 * (len(t) - 2) for t in corpus.terms]

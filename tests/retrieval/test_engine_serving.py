@@ -25,7 +25,14 @@ from ebr.retrieval.service import HotSwapper, SearchRequest, SearchService
 
 Q = clustered(np.random.default_rng(77), 1)[0]
 HYBRID = "(and (term location:seattle) (nn unified :radius 0.6 :nprobe 8))"
-RETRIEVER = {"retriever": {"spec": {"name": "unified", "kind": "single", "keys": ["unified"]}}}
+PEOPLE = "(and (term vertical:people) (or $text (nn unified :radius 0.24 :nprobe 16)))"
+RETRIEVER = {
+    "retrievers": {"unified": {"name": "unified", "kind": "single", "keys": ["unified"]}},
+    "serving": {
+        "default_vertical": "people",
+        "verticals": {"people": {"retriever": "unified", "key": "unified", "expr": PEOPLE}},
+    },
+}
 
 
 @pytest.fixture
@@ -80,7 +87,7 @@ def test_ebr_search_prints_json_results_of_the_served_version(served: Path) -> N
         (["--expr", "(nn unified :k 3)", "--vector", "{oops"], "not JSON"),
         (["--expr", "(term a:b)", "--k", "0"], "limit must be between 1 and"),
         (["--expr", "(term a:b)", "engine.limits.nope=1"], "OVERRIDES"),
-        (["--vertical", "pages", "--query-text", "x"], "vertical 'pages' has no default expression"),
+        (["--vertical", "pages", "--query-text", "x"], "vertical 'pages' has no expression in version v0001"),
     ],
 )
 def test_ebr_search_errors_are_one_clear_line(served: Path, args: list[str], message: str) -> None:

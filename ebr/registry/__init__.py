@@ -2,18 +2,18 @@
 
 A version is an immutable folder under versions/; `serving.json` in the home names the served one and is
 replaced atomically (write a temporary file, fsync, rename), so a reader always sees an old or a new pointer,
-never half of one.
+never half of one. The catalogue of published versions (DuckDB) is `ebr.registry.catalogue`; writing and
+promoting a version is `ebr.registry.publication`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from ebr import home
+from ebr.io import atomic_write_text, sha256_file
 
 MANIFEST = "manifest.json"
 POINTER = "serving.json"
@@ -25,29 +25,6 @@ class CorruptVersionError(RuntimeError):
 
 class NoServedVersionError(RuntimeError):
     """Nothing has been published (or rolled back to) in this home yet."""
-
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see either the old or the new content."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def version_files(version_dir: Path) -> list[str]:

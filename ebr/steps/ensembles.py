@@ -1,0 +1,86 @@
+"""Step `ensembles-and-ann`: ensemble weights and ANN tuning on the tuning sessions (paper §4.1, §6.2).
+
+Every retriever of conf/ensemble whose models exist is evaluated; the weights of the weighted concatenations
+are chosen on the tuning sessions; an index is tuned against the share of documents scanned for every
+embedding key a retriever searches or re-ranks with, and saved as <key>.faiss. Which retriever each vertical
+serves is chosen later, through the engine (ebr/steps/serving.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from ebr.ann.quantize import IndexConfig, table3_markdown, tune
+from ebr.evaluation.ensembles import evaluation_markdown, evaluation_table, fill_weights, specs_from_config
+from ebr.models.features import FeatureSet
+from ebr.models.training import embed_queries, load_module
+from ebr.retrieval.retrievers import RetrieverSpec, index_docs, index_queries
+
+
+def query_vectors(features: FeatureSet, models: Mapping[str, Any], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Each model's query embeddings of the session rows (its training-time tower)."""
+    return {n: embed_queries(load_module(Path(i["checkpoint"])), features, rows) for n, i in models.items()}
+
+
+def doc_vectors(models: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Each model's document embeddings (rows in features.doc_ids order)."""
+    return {name: np.load(info["embeddings"]) for name, info in models.items()}
+
+
+def clicked_rows(features: FeatureSet, session_rows: np.ndarray) -> list[np.ndarray]:
+    """Per session row, the document rows it clicked."""
+    imp = features.impressions
+    clicks = imp[imp["clicked"] & imp["session_row"].isin(session_rows)]
+    by_session = clicks.groupby("session_row")["doc_row"].apply(np.asarray).to_dict()
+    return [by_session.get(int(r), np.empty(0, np.int64)) for r in session_rows]
+
+
+def index_keys(specs: list[RetrieverSpec]) -> list[str]:
+    """The keys the engine needs an (nn) field for: what each retriever searches or re-ranks with."""
+    keys = {s.index_key for s in specs} | {s.keys[1] for s in specs if s.kind == "cascade"}
+    return sorted(keys)
+
+
+def ensembles_and_index(
+    cfg: DictConfig, features: FeatureSet, models: Mapping[str, Any], out: Path
+) -> dict[str, Any]:
+    """Weights on the tuning sessions, an ANN index tuned per embedding key, the exact-vs-quantised table."""
+    rows = features.part_rows("tune")
+    targets = clicked_rows(features, rows)
+    keep = [i for i, t in enumerate(targets) if len(t)]
+    if not keep:
+        raise ValueError("no tuning session has a click: give data.split.tune sessions with clicks")
+    queries = {k: v[keep] for k, v in query_vectors(features, models, rows).items()}
+    docs, targets = doc_vectors(models), [targets[i] for i in keep]
+    ecfg = OmegaConf.to_container(cfg.ensemble, resolve=True)
+    specs, skipped = specs_from_config(ecfg, list(models))
+    specs, weight_tables = fill_weights(
+        specs, queries, docs, targets, int(ecfg["validation_k"]), ecfg["weight_grid"]
+    )
+    icfg = IndexConfig.from_mapping(OmegaConf.to_container(cfg.index, resolve=True))
+    by_key = {s.index_key: s for s in specs} | {k: RetrieverSpec(k, "single", (k,)) for k in models}
+    tuned, indexes = {}, {}
+    for key in index_keys(specs):
+        spec = by_key[key]
+        result = tune(index_docs(spec, docs), index_queries(spec, queries), icfg, targets)
+        if result.chosen is None:
+            continue
+        indexes[key] = result.chosen_index()
+        faiss.write_index(indexes[key], str(out / f"{key}.faiss"))
+        tuned[key] = {"chosen": result.chosen.__dict__, "met": result.met, "table3": table3_markdown(result)}
+    table = evaluation_table(specs, queries, docs, targets, int(icfg.k), indexes)
+    (out / "ensembles.md").write_text(evaluation_markdown(table))
+    return {
+        "retrievers": [s.to_dict() for s in specs],
+        "skipped": skipped,
+        "weights": weight_tables,
+        "table": table,
+        "operating_points": tuned,
+        "tuning_sessions": len(targets),
+    }
