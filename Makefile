@@ -7,7 +7,7 @@ export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 
-.PHONY: install system-deps demo test test-slow lint
+.PHONY: install system-deps demo test test-e2e lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,pretrained]'
 
 demo: install
 	$(BIN)/ebr retrain
@@ -24,12 +24,18 @@ demo: install
 system-deps:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-test: install system-deps
+# Two tiers: unit and integration tests (at most 10 minutes on 2 cores), then end-to-end runs.
+test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q -m "not e2e"
 
-test-slow: install
-	$(BIN)/python -m pytest -q -m slow
+test-e2e: install system-deps
+	$(BIN)/python -m pytest -q -m e2e -o timeout=1800
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# What the platform wrote here: the default home, test artifacts, caches (the venv stays).
+clean:
+	rm -rf ebr_home test-artifacts .pytest_cache .ruff_cache .hypothesis outputs multirun lightning_logs

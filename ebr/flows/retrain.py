@@ -232,6 +232,7 @@ def run_retrain(cfg: DictConfig, publish: bool = True, run_id: str | None = None
         report["ingest"] = ingest_task(cfg, run.path, logs["logs_dir"], run.run_id)
         features = features_for(cfg, home.db_path())
         report["split"] = features.split.summary()
+        report["features"] = features.stats
         trained = train_task(cfg, run.path, features)
         mined = mine_task(cfg, run.path, features, run.run_id)
         models = {name: info for step in (trained, mined) for name, info in step["models"].items()}

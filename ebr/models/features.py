@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from ebr import home
 from ebr.models.fields import Bags, Fields
 from ebr.models.pretrained import FrozenEncoder, PretrainedRef, PretrainedText, cached_encode
 from ebr.models.query_features import CONTEXT, QueryFeaturizer, UserLookup
@@ -273,8 +274,8 @@ def build_features(
         clusters, n_clusters = np.zeros(len(user_ids), np.int64), 1
         user_clusters = Bags.empty(len(user_ids))
     users = users.drop_duplicates("user_id")
-    home = pd.Series(users["city"].to_numpy(), index=users["user_id"].to_numpy(np.int64))
-    home_city = vocabs["city"].lookup(home.reindex(user_ids).to_numpy())
+    cities = pd.Series(users["city"].to_numpy(), index=users["user_id"].to_numpy(np.int64))
+    home_city = vocabs["city"].lookup(cities.reindex(user_ids).to_numpy())
     lookup = UserLookup(user_ids, home_city, vectors, user_clusters)
 
     tcfg = fcfg.text
@@ -367,7 +368,7 @@ def build_features(
 
 def _pretrained_uses(cfg: DictConfig) -> set[str]:
     """The pretrained text encodings (frozen, finetune) the configured models read."""
-    names = [*cfg.train.models, cfg.mining.model]
+    names = [*cfg.train.models, *([cfg.mining.model] if cfg.mining.model else [])]
     return {str(cfg.train.variants[n].get("text", "hashed")) for n in names if n in cfg.train.variants} - {
         "hashed"
     }

@@ -10,8 +10,7 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -76,9 +75,14 @@ class Variant:
     margin: float | None = None  # None: model.margin
     encoder_lr: float = 2e-5  # AdamW learning rate of a fine-tuned encoder's parameters ...
     head_lr: float = 1e-3  # ... and of the tower's other parameters then
+    train: dict[str, Any] = field(default_factory=dict)  # train.* settings of this variant (batch_size, ...)
 
     def __post_init__(self) -> None:
         key = f"train.variants.{self.name}"
+        allowed = {"batch_size", "random_negatives", "epochs", "min_steps", "steps", "lr", "torch_threads"}
+        unknown = set(self.train) - allowed
+        if unknown:
+            raise ValueError(f"{key}.train: settings {sorted(unknown)} cannot differ per variant")
         if self.tower not in TOWER_KINDS:
             raise ValueError(f"{key}.tower: expected one of {TOWER_KINDS}, got {self.tower!r}")
         if self.text not in TEXT_ENCODERS:
@@ -104,9 +108,9 @@ def variant(cfg: DictConfig, name: str) -> Variant:
     return Variant(name=name, **OmegaConf.to_container(variants[name], resolve=True))
 
 
-def uses_pretrained(cfg: DictConfig, names: Sequence[str]) -> set[str]:
-    """The pretrained text encodings the named variants read: {"frozen", "finetune"} or a subset."""
-    return {variant(cfg, n).text for n in names} - {"hashed"}
+def train_settings(cfg: DictConfig, v: Variant) -> DictConfig:
+    """train.* with the variant's own settings (a fine-tuned transformer wants small batches, few steps)."""
+    return OmegaConf.merge(cfg.train, v.train)
 
 
 def tower_fields(cfg: DictConfig, features: FeatureSet, v: Variant) -> tuple[list[str], list[str], list[str]]:
@@ -162,7 +166,7 @@ def build_module(cfg: DictConfig, features: FeatureSet, name: str) -> tuple[TwoT
         share=bool(settings["share"]),
         margin=float(settings["margin"] if v.margin is None else v.margin),
         hard_negatives=v.hard_negatives,
-        lr=float(cfg.train.lr),
+        lr=float(train_settings(cfg, v).lr),
         encoder_lr=v.encoder_lr,
         head_lr=v.head_lr,
     )
@@ -184,7 +188,7 @@ def train_tower(
     learning). mined: optional (session_id, doc_id) negatives added to the random ones (train.mined_negatives
     per positive). triplets: (positives, negatives) of a validated mined round (ebr/mining/mine.py), used
     as they are, instead of the logged positives and per-batch random negatives (ebr/models/mined_data.py)."""
-    tcfg = cfg.train
+    tcfg = train_settings(cfg, variant(cfg, name))
     if tcfg.torch_threads:
         torch.set_num_threads(int(tcfg.torch_threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)

@@ -249,4 +249,4 @@ def target_radii(
     if not len(d):
         return []
     values = [*np.quantile(d, list(quantiles)), d.max()]
-    return sorted({min(WIDEST, math.ceil(float(v) * 1000) / 1000) for v in values})
+    return sorted({min(WIDEST, math.ceil(float(v) * 1000 - 1e-6) / 1000) for v in values})

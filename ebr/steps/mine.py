@@ -18,14 +18,17 @@ MINED_MODEL = "unified_ohnm"  # the unified tower trained on offline hard negati
 
 def mines(cfg: DictConfig) -> bool:
     """Whether mining trains beyond round 0 (offline hard negatives)."""
-    return cfg.mining.negatives != "random" and int(cfg.mining.rounds) > 0
+    return cfg.mining.model is not None and cfg.mining.negatives != "random" and int(cfg.mining.rounds) > 0
 
 
 def mine_and_train(
     cfg: DictConfig, db_path: Path, features: FeatureSet, out: Path, run_id: str
 ) -> dict[str, Any]:
     """The mining rounds and their trainings; the models exported as `unified` (round 0, when mining goes
-    beyond it) and `unified_ohnm` (the last round), and the mined tables' realised counts."""
+    beyond it) and `unified_ohnm` (the last round), and the mined tables' realised counts. With
+    `mining.model: null` nothing is mined (e.g. a log whose models are text towers only)."""
+    if cfg.mining.model is None:
+        return {"models": {}, "tables": [], "stages": []}
     report = run_mining(cfg, db_path, out, run_id, features)
     stages = report["stages"]
     models = {MINED_MODEL: export_trained(Path(report["checkpoint"]), features, out, MINED_MODEL)}

@@ -20,6 +20,8 @@ import pytest
 
 from ebr.home import PROJECT_ROOT
 
+pytestmark = pytest.mark.e2e
+
 BIN = Path(sys.executable).parent
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 EXPECTED_ARTIFACTS = {

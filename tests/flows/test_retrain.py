@@ -31,6 +31,7 @@ def test_parameters_become_overrides() -> None:
     assert "gate.floor=0.5" in out
 
 
+@pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_harness")
 def test_retrain_publishes_resumes_and_gate_blocks(ebr_home: Path) -> None:
     report = retrain(margin=0.3, overrides=SMOKE)
@@ -86,6 +87,7 @@ def test_retrain_publishes_resumes_and_gate_blocks(ebr_home: Path) -> None:
     assert [v["version"] for v in listed if v["served"]] == ["v0001"]
 
 
+@pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_harness")
 def test_dask_runner_gives_the_local_runners_results(ebr_home: Path) -> None:
     """The batch steps' shards on a dask.distributed LocalCluster (through prefect-dask) give the same

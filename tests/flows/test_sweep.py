@@ -14,6 +14,8 @@ import pytest
 from ebr.flows.sweep import comparison_markdown, job_rows
 from ebr.home import PROJECT_ROOT
 
+pytestmark = pytest.mark.e2e
+
 
 def _report(margin: float, ratio: float, recall: float) -> dict:
     return {

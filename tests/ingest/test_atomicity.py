@@ -76,7 +76,7 @@ def test_failure_after_rows_were_written_rolls_back(
     assert runs(loaded_db)[-1]["error"] == "OSError: disk full"
 
 
-@pytest.mark.slow  # a second Python process with Great Expectations: ~10 s
+@pytest.mark.e2e  # a second Python process with Great Expectations: ~10 s
 def test_killed_process_leaves_the_database_as_it_was(loaded_db: Path, tmp_path: Path) -> None:
     """A process killed between writing rows and committing (os._exit: no cleanup at all)."""
     before = snapshot(loaded_db)

@@ -51,7 +51,7 @@ def test_mine_command_errors_are_one_line(ebr_home: Path, tmp_path: Path, tiny_w
     assert unknown.exit_code == 2 and "mining.no_such_key" in unknown.output
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_tiny_world_mines_hard_positives_and_hard_negatives(ebr_home: Path):
     from omegaconf import OmegaConf
 

@@ -137,7 +137,7 @@ def test_rounds_mine_train_and_mine_again(tiny, tmp_path):
     assert Path(report["checkpoint"]).is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_hard_to_easy_transfer_ends_on_the_easy_table(tiny, tmp_path):
     db, split, features = tiny
     db = _copy(db, tmp_path)

@@ -143,6 +143,7 @@ def test_recall_by_query_tag_counts_each_tag() -> None:
     }
 
 
+@pytest.mark.e2e
 def test_ddp_spawn_splits_the_batches_between_two_processes(
     tiny_features: FeatureSet, tmp_path: Path
 ) -> None:

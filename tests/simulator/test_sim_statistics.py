@@ -95,7 +95,7 @@ def test_snap_reference_statistics_are_the_published_ones() -> None:
     assert snap["max_degree"] == 1045
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_small_world_statistics(tmp_path: Path) -> None:
     r = _report(simulate("small", 7, tmp_path / "small"))
     assert r["counts"]["users"] == 30000 and r["counts"]["sessions"]["total"] >= 80000
