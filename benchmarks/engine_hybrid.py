@@ -19,24 +19,30 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 import faiss
 import numpy as np
 from engine_data import KEY, LEVELS, SELECTIVITY, add_data_args, filter_term, load
 from engine_nn import latency_stats
 
-from ebr.retrieval.executor import PlannerCosts, execute
-from ebr.retrieval.query import Limits, parse_cached
+from ebr.config import engine_defaults
+from ebr.retrieval.executor import execute
+from ebr.retrieval.query import parse_cached
 
 IMPOSSIBLE = 1e12
 FORCED = {  # costs under which the planner picks one plan (the selector kind still by the default costs)
-    "scan": PlannerCosts(selector_check=IMPOSSIBLE, candidate_per_allowed=IMPOSSIBLE),
-    "selector": PlannerCosts(
-        scan_result=IMPOSSIBLE, pass_fraction=1, selector_check=0, candidate_per_allowed=IMPOSSIBLE
+    "scan": replace(engine_defaults().planner, selector_check=IMPOSSIBLE, candidate_per_allowed=IMPOSSIBLE),
+    "selector": replace(
+        engine_defaults().planner,
+        scan_result=IMPOSSIBLE,
+        pass_fraction=1,
+        selector_check=0,
+        candidate_per_allowed=IMPOSSIBLE,
     ),
-    "candidates": PlannerCosts(candidate_per_allowed=0, candidate_per_hit=0),
+    "candidates": replace(engine_defaults().planner, candidate_per_allowed=0, candidate_per_hit=0),
 }
-LIMITS = Limits(max_nprobe=4096, max_k=100_000)
+LIMITS = replace(engine_defaults().limits, max_nprobe=4096, max_k=100_000)
 
 
 def exact_filtered_top(data, query: np.ndarray, members: np.ndarray, k: int) -> set[int]:
@@ -71,7 +77,7 @@ def hybrid(data, nprobes: list[int], ks: list[int], n_queries: int, seed: int) -
                 configs.append(("engine top-K", "scan", nprobe, k))
                 configs.append(("dual index", "-", nprobe, k))
         for system, plan, nprobe, k in configs:
-            costs = FORCED.get(plan, PlannerCosts())
+            costs = FORCED.get(plan, engine_defaults().planner)
             times, recalls, plans = [], [], {}
             params = faiss.SearchParametersPreTransform(index_params=faiss.SearchParametersIVF(nprobe=nprobe))
             for q, term, want in zip(data.queries, terms, truth, strict=False):

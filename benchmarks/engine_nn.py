@@ -15,13 +15,15 @@ import argparse
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import faiss
 import numpy as np
 from engine_data import KEY, BenchData, add_data_args, load
 
+from ebr.config import engine_defaults
 from ebr.retrieval.executor import execute
-from ebr.retrieval.query import Limits, parse_cached
+from ebr.retrieval.query import parse_cached
 
 
 def latency_stats(seconds: list[float]) -> dict[str, float]:
@@ -63,7 +65,7 @@ def compare(data: BenchData, engine: Callable, raw: Callable, repeats: int) -> d
 def run(data: BenchData, nprobes: list[int], radius: float, ks: list[int], repeats: int) -> list[dict]:
     index = data.index
     nn_index = index.fields[KEY].index
-    limits = Limits(max_nprobe=max(nprobes))
+    limits = replace(engine_defaults().limits, max_nprobe=max(nprobes))
     rows = []
     for nprobe in nprobes:
         ivf = faiss.SearchParametersIVF(nprobe=nprobe)

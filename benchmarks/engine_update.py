@@ -17,13 +17,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
 import numpy as np
 from engine_data import KEY, add_data_args, clustered, load
 
-from ebr.retrieval.store import Engine, StoreConfig
+from ebr.config import engine_defaults
+from ebr.retrieval.store import Engine
 
 LOAD_RSS = """
 import os, sys, psutil
@@ -97,7 +99,9 @@ def main() -> None:
     state = args.state_dir or Path(tempfile.mkdtemp(prefix="ebr-engine-state-"))
     try:
         t0 = time.perf_counter()
-        engine = Engine.open(args.workdir / "engine", state, StoreConfig(compact_after_records=0))
+        engine = Engine.open(
+            args.workdir / "engine", state, replace(engine_defaults().store, compact_after_records=0)
+        )
         out["open_s"] = time.perf_counter() - t0
         rates = {}
         rates["add, 1 per fsync"] = throughput(
@@ -114,7 +118,9 @@ def main() -> None:
         out["log_records"] = engine.log_records
         t0 = time.perf_counter()
         engine.close()
-        reopened = Engine.open(args.workdir / "engine", state, StoreConfig(compact_after_records=0))
+        reopened = Engine.open(
+            args.workdir / "engine", state, replace(engine_defaults().store, compact_after_records=0)
+        )
         out["reopen_with_replay_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         reopened.compact()

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from ebr.ann.quantize import IndexConfig, tune
+from ebr.ann.quantize import tune
+from ebr.config import retrain_defaults
 from ebr.evaluation.ensembles import (
     evaluation_markdown,
     evaluation_table,
@@ -82,7 +84,8 @@ def main() -> None:
     }
     specs, _ = specs_from_config(cfg, list(docs))
     specs, weight_tables = fill_weights(specs, val_q, docs, targets[val], args.k, [0.25, 0.5, 1.0, 2.0, 4.0])
-    index_cfg = IndexConfig(
+    index_cfg = replace(
+        retrain_defaults().index,
         factories=("IVF{nlist},PQ{m}x{nbits}", "OPQ{m},IVF{nlist},PQ{m}x{nbits}"),
         nprobes=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         k=args.k,

@@ -21,7 +21,8 @@ from pathlib import Path
 import faiss
 
 from ebr.ann.knn import exact_knn
-from ebr.ann.quantize import IndexConfig, table3_markdown, tune
+from ebr.ann.quantize import table3_markdown, tune
+from ebr.config import retrain_defaults
 from ebr.models.synthetic import clustered_dataset
 
 
@@ -47,7 +48,8 @@ def main() -> None:
     exact_knn(data.queries, data.docs, 10)
     exact_us = 1e6 * (time.perf_counter() - start) / args.queries
 
-    cfg = IndexConfig(
+    cfg = replace(
+        retrain_defaults().index,
         factories=(
             f"IVF{{nlist}},PQ{d // 8}x8",
             "IVF{nlist},PQ{m}x{nbits}",

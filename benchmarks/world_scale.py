@@ -99,7 +99,7 @@ def main() -> None:
     from ebr.config import load_config
     from ebr.ingestion.ingest import ingest_logs
     from ebr.models.training import build_module
-    from ebr.steps import retrain as steps
+    from ebr.steps.features import features_for
 
     report = json.loads((args.world / "report.json").read_text())
     results: dict[str, Any] = {"world": str(args.world), "counts": report["counts"], "overrides": args.set}
@@ -121,7 +121,7 @@ def main() -> None:
         cfg = load_config([*args.set, *RUNNERS[runner]])
         if features is None:
             with measured(results, "features") as entry:
-                features = steps.features_for(cfg, db)
+                features = features_for(cfg, db)
                 entry |= {"documents": len(features.doc_ids), "sessions": len(features.session_ids)}
             module = build_module(cfg, features, str(cfg.mining.model))[0].eval()
             save()
@@ -136,23 +136,23 @@ def run_one(runner: str, cfg: Any, features: Any, module: Any, db: Path, results
     from ebr.mining.mine import Embedded
     from ebr.mining.rounds import mine_table
     from ebr.models.training import embed_documents, embed_queries
-    from ebr.runners import use_runner
+    from ebr.runners import open_shards
 
     workers = child_processes if runner == "dask" else None
-    with use_runner(cfg.runner):
+    with open_shards(cfg.runner) as shards:
         with measured(results, f"{runner}: document inference", workers):
-            docs = embed_documents(module, features)
+            docs = embed_documents(module, features, shards=shards)
         rate(results[f"{runner}: document inference"], len(docs))
 
         def embed(session_ids: np.ndarray) -> tuple[Embedded, Embedded]:
             with measured(results, f"{runner}: query inference", workers):
                 rows = features.session_rows(session_ids)
-                queries = embed_queries(module, features, rows)
+                queries = embed_queries(module, features, rows, shards=shards)
             rate(results[f"{runner}: query inference"], len(rows))
             return Embedded(np.asarray(session_ids, np.int64), queries), Embedded(features.doc_ids, docs)
 
         with measured(results, f"{runner}: mining round", workers) as entry:
-            table = mine_table(db, cfg, features.split, 1, embed)
+            table = mine_table(db, cfg, features.split, 1, embed, shards)
     hard = table.report["hard_negatives"]
     entry |= {
         "counts": table.report["counts"],

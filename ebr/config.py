@@ -1,14 +1,450 @@
-"""Compose the Hydra config outside @hydra.main (CLI commands, tests, Prefect flows)."""
+"""The config: one schema per group (the dataclasses below, registered with Hydra's ConfigStore as
+`<group>/schema`), the values in conf/ (each group file starts from its schema: `defaults: [schema, _self_]`).
+
+Composing validates every value against its schema's type (`engine.limits.max_k=abc` is refused at once,
+with Hydra's one-line error) and refuses unknown keys. The dataclasses carry no default values but for the
+optional keys (None: unset) - the values live in YAML only. The typed objects the platform's parts use are
+these dataclasses, built from the composed config with `typed(cfg.<group>)`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ebr.home import conf_dir
+
+# ----- the engine (conf/engine/default.yaml, under the key `engine`)
+
+
+@dataclass(unsafe_hash=True)  # a key of the parser's cache
+class Limits:
+    """Bounds on one query (the parser's and the planner's)."""
+
+    max_query_chars: int = MISSING
+    max_depth: int = MISSING
+    max_nodes: int = MISSING
+    max_nprobe: int = MISSING
+    max_k: int = MISSING
+    default_nprobe: int = MISSING
+    max_rerank: int = MISSING
+
+
+@dataclass
+class ResultsConfig:
+    default_limit: int = MISSING
+    max_limit: int = MISSING
+    order: str = MISSING
+
+
+@dataclass
+class StoreConfig:
+    """Durability and size limits of realtime changes."""
+
+    fsync: bool = MISSING
+    compact_after_records: int = MISSING  # 0: only on request
+    max_terms_per_doc: int = MISSING
+    max_batch_changes: int = MISSING
+
+
+@dataclass
+class HttpConfig:
+    host: str = MISSING
+    port: int = MISSING
+    request_timeout_s: float = MISSING
+    reload_poll_s: float = MISSING
+    max_vector_dims: int = MISSING
+
+
+@dataclass
+class BM25Params:
+    """BM25's term-frequency saturation `k1` and length normalisation `b`."""
+
+    k1: float = MISSING
+    b: float = MISSING
+
+
+@dataclass
+class PlannerCosts:
+    """Unit costs of the nn plans, relative to faiss scanning one PQ code (benchmarks/engine_plans.py)."""
+
+    scan_result: float = MISSING
+    pass_fraction: float = MISSING
+    selector_check: float = MISSING
+    hash_per_allowed: float = MISSING
+    bitmap_per_id: float = MISSING
+    candidate_per_allowed: float = MISSING
+    candidate_per_hit: float = MISSING
+
+
+@dataclass
+class EngineConfig:
+    """The engine's settings (ebr/retrieval/config.py checks the values)."""
+
+    limits: Limits = MISSING
+    results: ResultsConfig = MISSING
+    store: StoreConfig = MISSING
+    serving: HttpConfig = MISSING
+    bm25: BM25Params = MISSING
+    default_vertical: str | None = None
+    templates: dict[str, str] = field(default_factory=dict)
+    planner: PlannerCosts = MISSING
+
+    @property
+    def default_limit(self) -> int:
+        return self.results.default_limit
+
+    @property
+    def max_limit(self) -> int:
+        return self.results.max_limit
+
+    @property
+    def order(self) -> str:
+        return self.results.order
+
+    @property
+    def max_batch_changes(self) -> int:
+        return self.store.max_batch_changes
+
+
+# ----- the retrain (conf/retrain.yaml and its groups)
+
+
+@dataclass
+class SplitConfig:
+    tune: float = MISSING
+    evaluate: float = MISSING
+    max_heldout_fraction: float = MISSING
+
+
+@dataclass
+class DataConfig:
+    scale: str = MISSING
+    world_seed: int = MISSING
+    logs_dir: str | None = None
+    verticals: list[str] | None = None
+    split: SplitConfig = MISSING
+
+
+@dataclass
+class TextFeatures:
+    trigram_buckets: int = MISSING
+    word_buckets: int = MISSING
+    hash_seed: int = MISSING
+    weighting: str = MISSING
+    max_chars: int = MISSING
+
+
+@dataclass
+class FieldRoles:
+    """A vertical's document columns by role (a role not listed: none)."""
+
+    text: list[str] = field(default_factory=list)
+    location: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    numeric: list[str] = field(default_factory=list)
+
+
+@dataclass
+class VocabConfig:
+    min_count: int = MISSING
+
+
+@dataclass
+class SocialConfig:
+    dim: int = MISSING
+    weights: list[float] = MISSING
+    normalization_strength: float = MISSING
+    clusters: int = MISSING
+    self_weight: float = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class UnifiedFields:
+    query: list[str] = MISSING
+    document: list[str] = MISSING
+
+
+@dataclass
+class PretrainedConfig:
+    model: str = MISSING
+    sha256: str = MISSING
+    max_seq_length: int = MISSING
+    batch_size: int = MISSING
+
+
+@dataclass
+class FeaturesConfig:
+    text: TextFeatures = MISSING
+    fields: dict[str, Any] = MISSING  # vertical (or default) -> FieldRoles (checked by the features)
+    vocab: VocabConfig = MISSING
+    social: SocialConfig = MISSING
+    unified: UnifiedFields = MISSING
+    pretrained: PretrainedConfig = MISSING
+
+
+@dataclass
+class GroupConfig:
+    fields: list[str] = MISSING
+    dim: int = MISSING
+
+
+@dataclass
+class ModelConfig:
+    margin: float = MISSING
+    hard_negatives: int = MISSING
+    embedding_dim: int = MISSING
+    hidden_dims: list[int] = MISSING
+    output_dim: int = MISSING
+    groups: dict[str, GroupConfig] = MISSING
+    share: bool = MISSING
+
+
+@dataclass
+class HardMining:
+    window: list[int] = MISSING
+    per_positive: int | None = None
+    strategy: str = MISSING
+    shard: float | None = None
+    index: str = MISSING
+    nlist: int = MISSING
+    nprobe: int = MISSING
+
+
+@dataclass
+class MiningContracts:
+    min_positives: int = MISSING
+
+
+@dataclass
+class MiningConfig:
+    positives: str = MISSING
+    negatives: str = MISSING
+    random_per_positive: int = MISSING
+    easy_hard_ratio: float = MISSING
+    rounds: int = MISSING
+    transfer: str = MISSING
+    model: str | None = None
+    start_from: str | None = None
+    hard: HardMining = MISSING
+    exclude_same_query_clicks: bool = MISSING
+    hard_positive_window_minutes: float = MISSING
+    block_size: int = MISSING
+    seed: int = MISSING
+    contracts: MiningContracts = MISSING
+
+
+@dataclass
+class TrainConfig:
+    models: list[str] = MISSING
+    variants: dict[str, Any] = MISSING  # name -> a variant, checked by ebr.models.training.variant
+    positives: str = MISSING
+    random_negatives: int = MISSING
+    mined_negatives: int = MISSING
+    epochs: int = MISSING
+    min_steps: int = MISSING
+    steps: int | None = None
+    batch_size: int = MISSING
+    lr: float = MISSING
+    encoder_lr: float = MISSING
+    head_lr: float = MISSING
+    accelerator: str = MISSING
+    devices: Any = MISSING  # an int, a list of devices or "auto" (Lightning's)
+    strategy: str = MISSING
+    num_nodes: int = MISSING
+    precision: str = MISSING
+    progress_bar: bool = MISSING
+    logger: str = MISSING
+    torch_threads: int | None = None
+
+
+@dataclass
+class EvalBM25:
+    k1: float = MISSING
+    b: float = MISSING
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = MISSING
+    baselines: list[str] = MISSING
+    query_block: int = MISSING
+    intents_path: str | None = None
+    bm25: EvalBM25 = MISSING
+
+
+@dataclass
+class WeightedConcat:
+    name: str = MISSING
+    keys: list[str] = MISSING
+    weights: list[float] | None = None
+
+
+@dataclass
+class CascadeConfig:
+    name: str = MISSING
+    first: str = MISSING
+    second: str = MISSING
+    n: int = MISSING
+
+
+@dataclass
+class EnsembleConfig:
+    models: list[str] | None = None
+    weighted_concat: list[WeightedConcat] = MISSING
+    weight_grid: list[float] = MISSING
+    validation_k: int = MISSING
+    cascades: list[CascadeConfig] = MISSING
+
+
+@dataclass
+class IndexConfig:
+    """The ANN sweep and its target (ebr/ann/quantize.py)."""
+
+    factories: list[str] = MISSING
+    nlists: list[Any] = MISSING  # ints, or "auto" (the power of two nearest 4 sqrt(n))
+    imi_bits: list[int] = MISSING
+    nprobes: list[int] = MISSING
+    pq_bytes: int | None = None  # None: d/4
+    pq_nbits: int = MISSING
+    pca_dim: int | None = None  # None: d/2
+    metric: str = MISSING
+    k: int = MISSING
+    one_recall_r: int = MISSING
+    target_metric: str = MISSING
+    max_drop: float = MISSING
+    relative: bool = MISSING
+    train_size: int = MISSING
+    tuning_queries: int = MISSING
+    seed: int = MISSING
+    threads: int | None = None
+
+
+@dataclass
+class CalibrationConfig:
+    """What each vertical serves and how its template is calibrated (ebr/retrieval/calibration.py)."""
+
+    serve: str = MISSING
+    target: float = MISSING
+    max_scanned: float = MISSING
+    nprobes: list[int] = MISSING
+    fusions: list[str] = MISSING
+    metric: str = MISSING
+    radius_slack: float = MISSING
+    max_sessions: int = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class GateVertical:
+    k: int | None = None  # None: gate.k
+    floor: float | None = None  # None: gate.floor
+
+
+@dataclass
+class Margin:
+    margin: float = MISSING
+
+
+@dataclass
+class GateBaselines:
+    bm25: Margin | None = None  # None: the rule is off
+    text: Margin | None = None
+
+
+@dataclass
+class GateSchema:
+    sessions: str = MISSING
+    k: int = MISSING
+    floor: float = MISSING
+    tolerance: float = MISSING
+    baselines: GateBaselines = MISSING
+    verticals: dict[str, Any] = field(default_factory=dict)  # name -> GateVertical (checked by the gate)
+
+
+@dataclass
+class TextLimits:
+    title: int | None = None
+    query: int | None = None
+    name: int | None = None
+
+
+@dataclass
+class DocumentColumns:
+    columns: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class IngestSchema:
+    max_bad_fraction: float = MISSING
+    validation_batch_rows: int = MISSING
+    sample_failures: int = MISSING
+    text_max_chars: TextLimits = MISSING
+    verticals: list[str] | None = None
+    documents: DocumentColumns = MISSING
+
+
+@dataclass
+class RunnerConfig:
+    kind: str = MISSING
+    workers: int | None = None
+    shard_rows: int = MISSING
+    address: str | None = None  # dask: a running scheduler
+    cluster: dict[str, Any] | None = None  # dask: LocalCluster arguments
+
+
+@dataclass
+class RetrainConfig:
+    data: DataConfig = MISSING
+    features: FeaturesConfig = MISSING
+    model: ModelConfig = MISSING
+    mining: MiningConfig = MISSING
+    train: TrainConfig = MISSING
+    eval: EvalConfig = MISSING
+    ensemble: EnsembleConfig = MISSING
+    index: IndexConfig = MISSING
+    serving: CalibrationConfig = MISSING
+    gate: GateSchema = MISSING
+    ingest: IngestSchema = MISSING
+    runner: RunnerConfig = MISSING
+    seed: int = MISSING
+    optimized_metric: str | None = None
+    publish: bool | None = None
+
+
+SCHEMAS = {
+    "data": DataConfig,
+    "features": FeaturesConfig,
+    "model": ModelConfig,
+    "mining": MiningConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "ensemble": EnsembleConfig,
+    "index": IndexConfig,
+    "serving": CalibrationConfig,
+    "gate": GateSchema,
+    "ingest": IngestSchema,
+    "runner": RunnerConfig,
+}
+
+
+def _register() -> None:
+    store = ConfigStore.instance()
+    for group, schema in SCHEMAS.items():
+        store.store(group=group, name="schema", node=schema)
+    store.store(group="engine", name="schema", node=EngineConfig)
+    store.store(name="retrain_schema", node=RetrainConfig)
+
+
+_register()
 
 
 def load_config(overrides: Sequence[str] = (), config_name: str = "retrain") -> DictConfig:
@@ -20,3 +456,20 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "retrain") -> 
             cfg = compose(config_name=config_name, overrides=list(overrides))
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def typed(node: DictConfig) -> Any:
+    """The dataclass object of a composed config node (its schema's class)."""
+    return OmegaConf.to_object(node)
+
+
+@lru_cache(maxsize=1)
+def engine_defaults() -> EngineConfig:
+    """conf/engine/default.yaml as it stands (the values functions use when their caller passes none)."""
+    return typed(load_config(config_name="engine/default").engine)
+
+
+@lru_cache(maxsize=1)
+def retrain_defaults() -> RetrainConfig:
+    """conf/retrain.yaml as it stands."""
+    return typed(load_config())

@@ -1,9 +1,10 @@
-"""Maps over shards, for the batch steps: document inference, offline mining and evaluation.
+"""Maps over shards, for the batch work: document inference, offline mining and evaluation.
 
-A batch step cuts its rows into shards (`row_shards`) and calls `map_shards(fn, shards)`. Results come back in
-shard order and every shard is computed the same way wherever it runs, so a step's output does not depend on
-the runner. The runner is the one `use_runner` installed (the retrain flow installs the one `conf/runner/`
-configures); without one, shards run one after the other in this process.
+Batch work receives a `Shards` (a runner and a progress callback, passed as an argument, never ambient): it
+cuts its rows into shards (`shards.rows(n)`) and calls `shards.map(fn, items, what)`. Results come back in
+shard order and every shard is computed the same way wherever it runs, so the output does not depend on the
+runner. `open_shards(conf/runner)` gives the configured one for the duration of a `with` block (the retrain
+flow's, with Prefect progress artifacts); `SERIAL` runs one shard after the other in this process.
 
     serial      in this process, one shard after the other
     threads     a thread pool (torch and faiss release the GIL; faiss runs one OpenMP thread per pool thread)
@@ -25,10 +26,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
-from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
-
-from ebr.progress import report_progress
 
 log = logging.getLogger(__name__)
 
@@ -116,39 +115,52 @@ def _apply(fn: Callable[[T], R], item: T) -> R:
     return fn(item)
 
 
-_CURRENT: ContextVar[ShardRunner | None] = ContextVar("ebr_shard_runner", default=None)
+Progress = Callable[[str, float], None]  # (what, fraction done): e.g. a Prefect progress artifact
 
 
-def current_runner() -> ShardRunner:
-    """The installed runner, or a serial one."""
-    return _CURRENT.get() or SerialRunner()
+@dataclass(frozen=True)
+class Shards:
+    """Where batch work runs (`runner`) and where its progress goes (`progress`, None: nowhere)."""
+
+    runner: ShardRunner = field(default_factory=SerialRunner)
+    progress: Progress | None = None
+
+    def report(self, what: str, fraction: float) -> None:
+        """`what` (a short name of the work, e.g. "train text") is `fraction` (0 to 1) done."""
+        if self.progress is not None:
+            self.progress(what, min(max(float(fraction), 0.0), 1.0))
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T], what: str = "shards") -> list[R]:
+        """`[fn(item) for item in items]` on the runner, in item order; progress reported as `what`."""
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        start = time.perf_counter()
+        out = []
+        for result in self.runner.map(fn, items):
+            out.append(result)
+            self.report(what, len(out) / len(items))
+        log.info(
+            "%s: %d shards on %s in %.1f s", what, len(items), self.runner.kind, time.perf_counter() - start
+        )
+        return out
+
+    def rows(self, n: int, size: int | None = None) -> list[slice]:
+        """Consecutive slices covering range(n), `size` rows each (default: the runner's shard_rows)."""
+        size = int(size or self.runner.shard_rows)
+        if size < 1:
+            raise ValueError(f"shard size must be >= 1, got {size}")
+        return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+    def with_progress(self, progress: Progress | None) -> Shards:
+        return Shards(self.runner, progress)
 
 
-def map_shards(fn: Callable[[T], R], items: Sequence[T], what: str = "shards") -> list[R]:
-    """`[fn(item) for item in items]` on the current runner, in item order; progress reported as `what`."""
-    runner = current_runner()
-    if len(items) <= 1:
-        return [fn(item) for item in items]
-    start = time.perf_counter()
-    out = []
-    for result in runner.map(fn, items):
-        out.append(result)
-        report_progress(what, len(out) / len(items))
-    log.info("%s: %d shards on %s in %.1f s", what, len(items), runner.kind, time.perf_counter() - start)
-    return out
-
-
-def row_shards(n: int, size: int | None = None) -> list[slice]:
-    """Consecutive slices covering range(n), `size` rows each (default: the current runner's shard_rows)."""
-    size = int(size or current_runner().shard_rows)
-    if size < 1:
-        raise ValueError(f"shard size must be >= 1, got {size}")
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+SERIAL = Shards()
 
 
 @contextmanager
-def use_runner(rcfg: Mapping[str, Any] | None) -> Iterator[ShardRunner]:
-    """Install the runner described by `rcfg` (conf/runner/*.yaml) for the `with` block, and tear it down."""
+def open_shards(rcfg: Mapping[str, Any] | None, progress: Progress | None = None) -> Iterator[Shards]:
+    """The runner described by `rcfg` (conf/runner/*.yaml) for the `with` block, torn down after it."""
     rcfg = dict(rcfg or {})
     kind = str(rcfg.get("kind", "serial"))
     shard_rows = int(rcfg.get("shard_rows") or DEFAULT_SHARD_ROWS)
@@ -160,14 +172,14 @@ def use_runner(rcfg: Mapping[str, Any] | None) -> Iterator[ShardRunner]:
     if kind == "threads":
         threads = workers or os.cpu_count() or 1
         with ThreadPoolExecutor(threads, "ebr-shard", initializer=_single_threaded_faiss) as pool:
-            yield from _installed(ThreadRunner(pool, shard_rows))
+            yield Shards(ThreadRunner(pool, shard_rows), progress)
     elif kind == "processes":
-        yield from _installed(ProcessRunner(workers, shard_rows))
+        yield Shards(ProcessRunner(workers, shard_rows), progress)
     elif kind == "dask":
         with dask_task_runner(rcfg) as task_runner:
-            yield from _installed(DaskRunner(task_runner, shard_rows))
+            yield Shards(DaskRunner(task_runner, shard_rows), progress)
     else:
-        yield from _installed(SerialRunner(shard_rows))
+        yield Shards(SerialRunner(shard_rows), progress)
 
 
 def _single_threaded_faiss() -> None:
@@ -175,14 +187,6 @@ def _single_threaded_faiss() -> None:
     import faiss
 
     faiss.omp_set_num_threads(1)
-
-
-def _installed(runner: ShardRunner) -> Iterator[ShardRunner]:
-    token = _CURRENT.set(runner)
-    try:
-        yield runner
-    finally:
-        _CURRENT.reset(token)
 
 
 def dask_task_runner(rcfg: Mapping[str, Any]) -> Any:

@@ -23,7 +23,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,44 +32,9 @@ import faiss
 import numpy as np
 
 from ebr.ann.knn import METRICS, as_float32, exact_knn, one_recall_at, recall_at_k
+from ebr.config import IndexConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """The sweep and the target; mirrors conf/index/default.yaml."""
-
-    factories: tuple[str, ...] = (
-        "IVF{nlist},PQ{m}x{nbits}",
-        "OPQ{m},IVF{nlist},PQ{m}x{nbits}",
-        "PCAR{pca_d},IVF{nlist},PQ{m}x{nbits}",
-        "IMI2x{imi_bits},PQ{m}x{nbits}",
-    )
-    nlists: tuple[int | str, ...] = ("auto",)  # "auto" = power of two nearest 4 sqrt(n_docs)
-    imi_bits: tuple[int, ...] = (6,)
-    nprobes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-    pq_bytes: int | None = None  # None = d/4, the paper's advice
-    pq_nbits: int = 8
-    pca_dim: int | None = None  # None = d/2
-    metric: str = "inner_product"
-    k: int = 50  # recall@K of the targets
-    one_recall_r: int = 10  # 1-recall@r against exact KNN
-    target_metric: str = "recall_at_k"  # recall_at_k | one_recall (recall_at_k needs targets)
-    max_drop: float = 0.02  # allowed drop below the exact index
-    relative: bool = True  # max_drop relative to the exact index's value (else absolute)
-    train_size: int = 100_000
-    tuning_queries: int = 2000
-    seed: int = 0
-    threads: int | None = None  # faiss OpenMP threads while tuning (None: faiss's default)
-
-    @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any]) -> IndexConfig:
-        tuples = {"factories", "nlists", "imi_bits", "nprobes"}
-        unknown = set(cfg) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"index config: unknown keys {sorted(unknown)}")
-        return cls(**{k: tuple(v) if k in tuples else v for k, v in cfg.items()})
 
 
 @dataclass(frozen=True)

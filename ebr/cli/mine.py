@@ -35,7 +35,7 @@ def command(db_path: Path | None, run_id: str | None, as_json: bool, overrides: 
     from ebr.contracts.mined import MinedContractError
     from ebr.mining.rounds import format_stage, mine_and_train
     from ebr.models.features import MissingTableError
-    from ebr.runners import use_runner
+    from ebr.runners import open_shards
 
     try:
         cfg = load_config(list(overrides))
@@ -45,8 +45,8 @@ def command(db_path: Path | None, run_id: str | None, as_json: bool, overrides: 
     if not db.is_file():
         raise click.ClickException(f"{db}: no DuckDB file (run `ebr ingest` first)")
     try:
-        with use_runner(cfg.runner):  # shards of inference and mining: conf/runner/
-            report = mine_and_train(cfg, db, run_id)
+        with open_shards(cfg.runner) as shards:  # shards of inference and mining: conf/runner/
+            report = mine_and_train(cfg, db, run_id, shards)
     except (MinedContractError, MissingTableError, FileNotFoundError, LookupError) as e:
         raise click.ClickException(str(e)) from None
     except ValueError as e:

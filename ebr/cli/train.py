@@ -26,7 +26,7 @@ def command(overrides: tuple[str, ...], as_json: bool) -> None:
     Models: text, unified, unified_hnm; baselines: incumbent (logged term matching), bm25 (titles).
     """
     from ebr.models.features import MissingTableError
-    from ebr.runners import use_runner
+    from ebr.runners import open_shards
     from ebr.steps.train_eval import train_and_evaluate
 
     try:
@@ -36,8 +36,8 @@ def command(overrides: tuple[str, ...], as_json: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run = start_run(cfg, "train")
     try:
-        with use_runner(cfg.runner):  # shards of inference and evaluation: conf/runner/
-            report = train_and_evaluate(cfg, home.db_path(), run.path)
+        with open_shards(cfg.runner) as shards:  # shards of inference and evaluation: conf/runner/
+            report = train_and_evaluate(cfg, home.db_path(), run.path, shards)
     except (MissingTableError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     report["run_id"] = run.run_id

@@ -32,8 +32,7 @@ from ebr.config import load_config
 from ebr.evaluation.gate import GateFailedError, GateResult
 from ebr.ingestion.ingest import ingest_logs
 from ebr.io import atomic_write_text
-from ebr.progress import use_progress
-from ebr.runners import use_runner
+from ebr.runners import Shards, open_shards
 from ebr.runs import start_run
 from ebr.steps.ensembles import ensembles_and_index
 from ebr.steps.evaluate import evaluate_models
@@ -70,8 +69,8 @@ def ingest_task(cfg: DictConfig, run_dir: Path, logs_dir: str, run_id: str) -> d
 
 
 @task(name="train-towers", timeout_seconds=3600, cache_policy=NO_CACHE)
-def train_task(cfg: DictConfig, run_dir: Path, features: Any) -> dict[str, Any]:
-    summary = run_step(run_dir, "train", lambda out: train_models(cfg, features, out))
+def train_task(cfg: DictConfig, run_dir: Path, features: Any, shards: Shards) -> dict[str, Any]:
+    summary = run_step(run_dir, "train", lambda out: train_models(cfg, features, out, shards))
     create_table_artifact(
         key="training-summary",
         table=[{"model": m, **_flat(i["training"])} for m, i in summary["models"].items()],
@@ -81,9 +80,9 @@ def train_task(cfg: DictConfig, run_dir: Path, features: Any) -> dict[str, Any]:
 
 
 @task(name="mine-and-train", timeout_seconds=3600, cache_policy=NO_CACHE)
-def mine_task(cfg: DictConfig, run_dir: Path, features: Any, run_id: str) -> dict[str, Any]:
+def mine_task(cfg: DictConfig, run_dir: Path, features: Any, run_id: str, shards: Shards) -> dict[str, Any]:
     summary = run_step(
-        run_dir, "mine", lambda out: mine_and_train(cfg, home.db_path(), features, out, run_id)
+        run_dir, "mine", lambda out: mine_and_train(cfg, home.db_path(), features, out, run_id, shards)
     )
     create_table_artifact(
         key="mined-tables",
@@ -94,8 +93,10 @@ def mine_task(cfg: DictConfig, run_dir: Path, features: Any, run_id: str) -> dic
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(cfg: DictConfig, run_dir: Path, features: Any, models: dict[str, Any]) -> dict[str, Any]:
-    report = run_step(run_dir, "evaluate", lambda out: evaluate_models(cfg, features, models, out))
+def evaluate_task(
+    cfg: DictConfig, run_dir: Path, features: Any, models: dict, shards: Shards
+) -> dict[str, Any]:
+    report = run_step(run_dir, "evaluate", lambda out: evaluate_models(cfg, features, models, out, shards))
     create_table_artifact(
         key="recall-table",
         table=[
@@ -109,8 +110,12 @@ def evaluate_task(cfg: DictConfig, run_dir: Path, features: Any, models: dict[st
 
 
 @task(name="ensembles-and-ann", cache_policy=NO_CACHE)
-def ensemble_task(cfg: DictConfig, run_dir: Path, features: Any, models: dict[str, Any]) -> dict[str, Any]:
-    summary = run_step(run_dir, "ensembles", lambda out: ensembles_and_index(cfg, features, models, out))
+def ensemble_task(
+    cfg: DictConfig, run_dir: Path, features: Any, models: dict, shards: Shards
+) -> dict[str, Any]:
+    summary = run_step(
+        run_dir, "ensembles", lambda out: ensembles_and_index(cfg, features, models, out, shards)
+    )
     create_markdown_artifact(
         key="ann-operating-points",
         markdown="\n\n".join(
@@ -124,11 +129,13 @@ def ensemble_task(cfg: DictConfig, run_dir: Path, features: Any, models: dict[st
 
 @task(name="serving", cache_policy=NO_CACHE)
 def serving_task(
-    cfg: DictConfig, run_dir: Path, features: Any, models: dict, ensembles: dict, run_id: str
+    cfg: DictConfig, run_dir: Path, features: Any, models: dict, ensembles: dict, run_id: str, shards: Shards
 ) -> dict[str, Any]:
     def body(out: Path) -> dict[str, Any]:
         index_dir = run_dir / "ensembles"
-        return choose_serving(cfg, home.db_path(), features, models, ensembles, index_dir, out, run_id)
+        return choose_serving(
+            cfg, home.db_path(), features, models, ensembles, index_dir, out, run_id, shards
+        )
 
     summary = run_step(run_dir, "serving", body)
     create_table_artifact(
@@ -147,8 +154,11 @@ def serving_task(
 
 
 @task(name="recall-gate", cache_policy=NO_CACHE)
-def gate_task(cfg: DictConfig, run_dir: Path, features: Any, models: dict, serving: dict) -> GateResult:
-    result = run_gate(cfg, home.db_path(), features, models, Path(serving["candidate"]), run_dir / "gate")
+def gate_task(
+    cfg: DictConfig, run_dir: Path, features: Any, models: dict, serving: dict, shards: Shards
+) -> GateResult:
+    candidate = Path(serving["candidate"])
+    result = run_gate(cfg, home.db_path(), features, models, candidate, run_dir / "gate", shards)
     create_markdown_artifact(key="recall-gate", markdown=result.markdown(), description=result.reason)
     return result
 
@@ -227,28 +237,28 @@ def run_retrain(cfg: DictConfig, publish: bool = True, run_id: str | None = None
     report: dict[str, Any] = {"run_id": run.run_id, "run_dir": str(run.path), "published_version": None}
     report["runner"] = str(cfg.runner.kind)
     # batch-step shards: threads here, or a Dask cluster (conf/runner/); long work reports its progress
-    with use_runner(cfg.runner), use_progress(ProgressArtifacts()):
+    with open_shards(cfg.runner, ProgressArtifacts()) as shards:
         logs = logs_task(cfg, run.path)
         report["ingest"] = ingest_task(cfg, run.path, logs["logs_dir"], run.run_id)
         features = features_for(cfg, home.db_path())
         report["split"] = features.split.summary()
         report["features"] = features.stats
-        trained = train_task(cfg, run.path, features)
-        mined = mine_task(cfg, run.path, features, run.run_id)
+        trained = train_task(cfg, run.path, features, shards)
+        mined = mine_task(cfg, run.path, features, run.run_id, shards)
         models = {name: info for step in (trained, mined) for name, info in step["models"].items()}
         report["training"] = {m: i["training"] for m, i in models.items() if "training" in i}
         report["mining"] = mined["tables"]
-        evaluation = evaluate_task(cfg, run.path, features, models)
+        evaluation = evaluate_task(cfg, run.path, features, models, shards)
         report["recall"] = evaluation["recall"]
         report["recall_intent"] = evaluation.get("recall_intent")
-        ensembles = ensemble_task(cfg, run.path, features, models)
+        ensembles = ensemble_task(cfg, run.path, features, models, shards)
         report["ensembles"] = ensembles["table"]
         report["ann_operating_points"] = {k: p["chosen"] for k, p in ensembles["operating_points"].items()}
         report["ann_tables"] = {k: p["table3"] for k, p in ensembles["operating_points"].items()}
-        serving = serving_task(cfg, run.path, features, models, ensembles, run.run_id)
+        serving = serving_task(cfg, run.path, features, models, ensembles, run.run_id, shards)
         report["serving"] = serving["serving"]
         report["calibration"] = serving["calibration"]
-        gate = gate_task(cfg, run.path, features, models, serving)
+        gate = gate_task(cfg, run.path, features, models, serving, shards)
     report["gate"] = {"passed": gate.passed, "reason": gate.reason, "checks": gate.to_dict()["checks"]}
     try:
         if not gate.passed:
@@ -270,8 +280,8 @@ def run_retrain(cfg: DictConfig, publish: bool = True, run_id: str | None = None
 
 
 class ProgressArtifacts:
-    """Progress reports (ebr/progress.py) as Prefect progress artifacts, one per piece of work (key
-    `progress-<what>`), updated when they move by a percent or more (back to the start, too: a repeated
+    """Progress reports (ebr/runners.py: Shards.report) as Prefect progress artifacts, one per piece of work
+    (key `progress-<what>`), updated when they move by a percent or more (back to the start, too: a repeated
     piece of work, such as a later mining round's training, reuses its artifact)."""
 
     def __init__(self) -> None:

@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from ebr.runners import map_shards, row_shards
+from ebr.runners import SERIAL, Shards
 
 PositiveStrategy = Literal["clicks", "impressions", "clicks+hard", "impressions+hard", "hard"]
 POSITIVE_STRATEGIES: tuple[str, ...] = ("clicks", "impressions", "clicks+hard", "impressions+hard", "hard")
@@ -583,6 +583,7 @@ def offline_hard_negatives(
     nprobe: int = 16,
     seed: int = 0,
     progress: str = "hard negatives",
+    shards: Shards = SERIAL,
 ) -> tuple[pd.DataFrame, HardNegativeStats]:
     """Hard negatives for each positive from the ranks `window` (1-based, inclusive) of the query's top-K.
 
@@ -591,7 +592,7 @@ def offline_hard_negatives(
     samples `per_positive` negatives per positive uniformly from the remaining window, `top` takes the
     best-ranked ones; a session's negatives are distinct. With `shard`, only one random shard holding that
     fraction of the documents is indexed (the paper found one shard enough). Top-K runs over blocks of
-    `block_size` queries (shards of the current runner, ebr/runners.py), reporting progress as `progress`.
+    `block_size` queries (mapped by `shards`, ebr/runners.py), reporting progress as `progress`.
     """
     lo, hi = int(window[0]), int(window[1])
     if not 1 <= lo <= hi:
@@ -660,7 +661,7 @@ def offline_hard_negatives(
         strategy=strategy,
         seed=seed,
     )
-    blocks = map_shards(partial(_mine_block, state), row_shards(len(sessions), block_size), progress)
+    blocks = shards.map(partial(_mine_block, state), shards.rows(len(sessions), block_size), progress)
     stats.excluded_in_window = sum(b.excluded for b in blocks)
     frame = pd.DataFrame(
         {

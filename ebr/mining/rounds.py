@@ -30,6 +30,7 @@ from ebr.io import atomic_write_text
 from ebr.mining import mine
 from ebr.mining.store import save_round
 from ebr.models.features import FeatureSet, Split
+from ebr.runners import SERIAL, Shards
 
 if TYPE_CHECKING:
     from ebr.models.training import TrainedTower
@@ -87,15 +88,17 @@ def promise(mcfg: DictConfig, negatives: str) -> MinedPromise:
 
 
 def embed_for_mining(
-    checkpoint: Path, features: FeatureSet, session_ids: np.ndarray
+    checkpoint: Path, features: FeatureSet, shards: Shards, session_ids: np.ndarray
 ) -> tuple[mine.Embedded, mine.Embedded]:
     """Query embeddings of `session_ids` and document embeddings of every document with a trained model."""
     from ebr.models.training import embed_documents, embed_queries, load_module
 
     module = load_module(checkpoint)
     rows = features.session_rows(session_ids)
-    queries = mine.Embedded(np.asarray(session_ids, np.int64), embed_queries(module, features, rows))
-    docs = mine.Embedded(features.doc_ids, embed_documents(module, features))
+    queries = mine.Embedded(
+        np.asarray(session_ids, np.int64), embed_queries(module, features, rows, shards=shards)
+    )
+    docs = mine.Embedded(features.doc_ids, embed_documents(module, features, shards=shards))
     return queries, docs
 
 
@@ -105,6 +108,7 @@ def mine_table(
     split: Split,
     round_: int,
     embed: Callable[[np.ndarray], tuple[mine.Embedded, mine.Embedded]] | None = None,
+    shards: Shards = SERIAL,
 ) -> MinedTable:
     """Mine one table and validate it; `embed(session_ids) -> (queries, documents)` enables hard negatives.
 
@@ -128,7 +132,10 @@ def mine_table(
             excluded = (
                 mine.same_query_clicks(con, train_ids, sessions) if mcfg.exclude_same_query_clicks else None
             )
-            hard, hard_stats = _hard_negatives(pos, documents, embed(sessions), mcfg, excluded, seed + round_)
+            embedded = embed(sessions)
+            hard, hard_stats = _hard_negatives(
+                pos, documents, embedded, mcfg, excluded, seed + round_, shards
+            )
             ratio = float(mcfg.easy_hard_ratio) if negatives_kind == "mixed" else 0.0
             negatives = mine.mix(easy, hard, ratio, seed + round_)
         max_positives = _max_positives(con, train_ids)
@@ -168,6 +175,7 @@ def _hard_negatives(
     mcfg: DictConfig,
     excluded: mine.ExcludedDocs | None,
     seed: int,
+    shards: Shards,
 ) -> tuple[pd.DataFrame, mine.HardNegativeStats]:
     """Offline hard negatives, one ANN index per vertical (the document pool of the vertical)."""
     queries, docs = embedded
@@ -194,6 +202,7 @@ def _hard_negatives(
             nprobe=int(mcfg.hard.nprobe),
             seed=seed,
             progress=f"hard negatives {vertical}",
+            shards=shards,
         )
         frames.append(frame)
         stats = stats + vstats
@@ -228,11 +237,12 @@ def table_counts(positives: pd.DataFrame, negatives: pd.DataFrame) -> dict[str, 
 
 
 def run_mining(
-    cfg: DictConfig, db_path: Path, out_dir: Path, run_id: str, features: FeatureSet
+    cfg: DictConfig, db_path: Path, out_dir: Path, run_id: str, features: FeatureSet, shards: Shards = SERIAL
 ) -> dict[str, Any]:
     """All mining rounds with their trainings; returns the report (one entry per trained stage).
 
-    Tables are stored in `db_path` under `run_id` (ebr/mining/store.py); checkpoints under `out_dir`.
+    Tables are stored in `db_path` under `run_id` (ebr/mining/store.py); checkpoints under `out_dir`;
+    inference and the hard-negative search run on `shards`.
     A contract failure records the failed round and re-raises (the flow stops with the failing rows named).
     """
     from ebr.models.training import train_tower
@@ -247,9 +257,9 @@ def run_mining(
         raise FileNotFoundError(f"mining.start_from: no checkpoint at {checkpoint}")
     easy_table: MinedTable | None = None
     for round_ in range(rounds + 1):
-        embed = partial(embed_for_mining, checkpoint, features) if round_ > 0 else None
+        embed = partial(embed_for_mining, checkpoint, features, shards) if round_ > 0 else None
         try:
-            table = mine_table(db_path, cfg, features.split, round_, embed)
+            table = mine_table(db_path, cfg, features.split, round_, embed, shards)
         except MinedContractError as err:
             save_round(db_path, run_id, round_, config, {}, {"failures": err.failures}, None, None, "failed")
             raise
@@ -264,14 +274,14 @@ def run_mining(
         init = checkpoint if (round_ > 0 and mcfg.transfer == "easy_to_hard") else None
         trained = train_tower(
             cfg, features, str(mcfg.model), Path(out_dir) / f"round{round_}", init_from=init,
-            triplets=(table.positives, table.negatives),
+            triplets=(table.positives, table.negatives), shards=shards,
         )  # fmt: skip
         checkpoint = trained.checkpoint
         stages.append(_stage(table, trained, f"round{round_}", init))
     if mcfg.transfer == "hard_to_easy" and rounds > 0:
         trained = train_tower(
             cfg, features, str(mcfg.model), Path(out_dir) / "hard_to_easy", init_from=checkpoint,
-            triplets=(easy_table.positives, easy_table.negatives),
+            triplets=(easy_table.positives, easy_table.negatives), shards=shards,
         )  # fmt: skip
         checkpoint = trained.checkpoint
         stages.append(_stage(easy_table, trained, "hard_to_easy", stages[-1]["checkpoint"]))
@@ -288,7 +298,9 @@ def _stage(table: MinedTable, trained: TrainedTower | None, name: str, init: Pat
     }
 
 
-def mine_and_train(cfg: DictConfig, db_path: Path, run_id: str | None = None) -> dict[str, Any]:
+def mine_and_train(
+    cfg: DictConfig, db_path: Path, run_id: str | None = None, shards: Shards = SERIAL
+) -> dict[str, Any]:
     """`ebr mine`: split the sessions, build the features, run every mining round on the logs in `db_path`.
 
     The run folder runs/<run_id>/ gets the resolved config, the checkpoints and report.json.
@@ -300,7 +312,7 @@ def mine_and_train(cfg: DictConfig, db_path: Path, run_id: str | None = None) ->
     run = start_run(cfg, "mine", run_id)
     split = split_from_config(db_path, cfg)
     features = build_features(db_path, cfg, split)
-    report = run_mining(cfg, db_path, run.path, run.run_id, features)
+    report = run_mining(cfg, db_path, run.path, run.run_id, features, shards)
     report["split"] = split.summary()
     atomic_write_text(run.path / "report.json", json.dumps(report, indent=2, default=str))
     return report

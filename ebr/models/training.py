@@ -10,7 +10,7 @@ import logging
 import math
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,7 @@ from ebr.models.towers import (
     encode,
     field_specs,
 )
-from ebr.progress import report_progress
-from ebr.runners import map_shards, row_shards
+from ebr.runners import SERIAL, Shards
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +72,8 @@ class Variant:
     text: str = "hashed"
     hard_negatives: int = 0
     margin: float | None = None  # None: model.margin
-    encoder_lr: float = 2e-5  # AdamW learning rate of a fine-tuned encoder's parameters ...
-    head_lr: float = 1e-3  # ... and of the tower's other parameters then
+    encoder_lr: float = 2e-5  # AdamW lr of a fine-tuned encoder's parameters (train.encoder_lr) ...
+    head_lr: float = 1e-3  # ... and of the tower's other parameters then (train.head_lr)
     train: dict[str, Any] = field(default_factory=dict)  # train.* settings of this variant (batch_size, ...)
 
     def __post_init__(self) -> None:
@@ -105,7 +104,11 @@ def variant(cfg: DictConfig, name: str) -> Variant:
     variants = cfg.train.variants
     if name not in variants:
         raise ValueError(f"train.models: unknown model {name!r} (train.variants has {', '.join(variants)})")
-    return Variant(name=name, **OmegaConf.to_container(variants[name], resolve=True))
+    given = {k: v for k, v in OmegaConf.to_container(variants[name], resolve=True).items() if v is not None}
+    unknown = set(given) - {f.name for f in fields(Variant)} | ({"name"} & set(given))
+    if unknown:
+        raise ValueError(f"train.variants.{name}: unknown keys {sorted(unknown)}")
+    return Variant(name=name, **{"encoder_lr": cfg.train.encoder_lr, "head_lr": cfg.train.head_lr, **given})
 
 
 def train_settings(cfg: DictConfig, v: Variant) -> DictConfig:
@@ -181,13 +184,15 @@ def train_tower(
     init_from: Path | None = None,
     mined: pd.DataFrame | None = None,
     triplets: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    shards: Shards = SERIAL,
 ) -> TrainedTower:
     """Train model `name` on the training sessions; checkpoints and CSV logs under `out_dir`.
 
     init_from: a checkpoint whose parameters of matching name and shape initialise the model (transfer
     learning). mined: optional (session_id, doc_id) negatives added to the random ones (train.mined_negatives
     per positive). triplets: (positives, negatives) of a validated mined round (ebr/mining/mine.py), used
-    as they are, instead of the logged positives and per-batch random negatives (ebr/models/mined_data.py)."""
+    as they are, instead of the logged positives and per-batch random negatives (ebr/models/mined_data.py).
+    shards: where the training's progress goes."""
     tcfg = train_settings(cfg, variant(cfg, name))
     if tcfg.torch_threads:
         torch.set_num_threads(int(tcfg.torch_threads))
@@ -230,7 +235,7 @@ def train_tower(
         enable_progress_bar=bool(tcfg.progress_bar),
         enable_model_summary=False,
         logger=_logger(str(tcfg.logger), out_dir),
-        callbacks=[checkpoints, TrainingProgress(f"train {name}")],
+        callbacks=[checkpoints, TrainingProgress(f"train {name}", shards)],
         default_root_dir=out_dir,
         log_every_n_steps=10,
     )
@@ -298,17 +303,17 @@ def _untrained(module: TwoTowerModule, name: str, out_dir: Path, notes: list[str
 
 
 class TrainingProgress(L.Callback):
-    """Reports the share of optimizer steps done (ebr/progress.py) every `every` steps and at the end."""
+    """Reports the share of optimizer steps done to `shards.report` every `every` steps and at the end."""
 
-    def __init__(self, what: str, every: int = 50) -> None:
-        self.what, self.every = what, every
+    def __init__(self, what: str, shards: Shards, every: int = 50) -> None:
+        self.what, self.shards, self.every = what, shards, every
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.global_step % self.every == 0:
-            report_progress(self.what, trainer.global_step / max(trainer.estimated_stepping_batches, 1))
+            self.shards.report(self.what, trainer.global_step / max(trainer.estimated_stepping_batches, 1))
 
     def on_train_end(self, trainer: L.Trainer, *args: Any) -> None:
-        report_progress(self.what, 1.0)
+        self.shards.report(self.what, 1.0)
 
 
 def _logger(kind: str, out_dir: Path) -> CSVLogger | TensorBoardLogger:
@@ -329,7 +334,9 @@ def _transfer(module: TwoTowerModule, checkpoint: Path) -> int:
     return len(matched)
 
 
-def export_trained(checkpoint: Path, features: FeatureSet, out: Path, name: str) -> dict[str, Any]:
+def export_trained(
+    checkpoint: Path, features: FeatureSet, out: Path, name: str, shards: Shards = SERIAL
+) -> dict[str, Any]:
     """A trained model's query tower under out/towers/<name>/ and its document embeddings under
     out/embeddings/<name>.npy; returns their paths and the checkpoint's."""
     module = load_module(checkpoint)
@@ -338,7 +345,7 @@ def export_trained(checkpoint: Path, features: FeatureSet, out: Path, name: str)
     )
     embeddings = out / "embeddings" / f"{name}.npy"
     embeddings.parent.mkdir(parents=True, exist_ok=True)
-    np.save(embeddings, embed_documents(module, features))
+    np.save(embeddings, embed_documents(module, features, shards=shards))
     return {"checkpoint": str(checkpoint), "tower": str(tower), "embeddings": str(embeddings)}
 
 
@@ -347,26 +354,34 @@ def load_module(checkpoint: Path) -> TwoTowerModule:
     return TwoTowerModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
 
 
-def embed_documents(module: TwoTowerModule, features: FeatureSet, batch_size: int = 4096) -> np.ndarray:
+def embed_documents(
+    module: TwoTowerModule, features: FeatureSet, batch_size: int = 4096, shards: Shards = SERIAL
+) -> np.ndarray:
     """float32 L2-normalised embeddings of every document (rows in features.doc_ids order), in shards."""
-    return encode_in_shards(module.document_tower, features.doc_fields, batch_size)
+    return encode_in_shards(module.document_tower, features.doc_fields, batch_size, shards)
 
 
 def embed_queries(
-    module: TwoTowerModule, features: FeatureSet, session_rows: np.ndarray, batch_size: int = 4096
+    module: TwoTowerModule,
+    features: FeatureSet,
+    session_rows: np.ndarray,
+    batch_size: int = 4096,
+    shards: Shards = SERIAL,
 ) -> np.ndarray:
     """float32 L2-normalised query embeddings of the given session rows, in shards."""
     fields = take(
         {f.name: features.session_fields[f.name] for f in module.query_tower.spec.fields}, session_rows
     )
-    return encode_in_shards(module.query_tower, fields, batch_size)
+    return encode_in_shards(module.query_tower, fields, batch_size, shards)
 
 
-def encode_in_shards(tower: Tower, fields: Fields, batch_size: int = 4096) -> np.ndarray:
-    """`encode` mapped over shards of rows on the current runner (ebr/runners.py), rows in order."""
+def encode_in_shards(
+    tower: Tower, fields: Fields, batch_size: int = 4096, shards: Shards = SERIAL
+) -> np.ndarray:
+    """`encode` mapped over shards of rows on `shards` (ebr/runners.py), rows in order."""
     columns = {f.name: fields[f.name] for f in tower.spec.fields}
-    parts = map_shards(
-        partial(_encode_rows, tower, columns, batch_size), row_shards(n_rows(columns)), "inference"
+    parts = shards.map(
+        partial(_encode_rows, tower, columns, batch_size), shards.rows(n_rows(columns)), "inference"
     )
     return np.concatenate(parts) if parts else np.zeros((0, tower.spec.output_dim), np.float32)
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ebr.config import CalibrationConfig
 from ebr.retrieval.query import parse
 from ebr.retrieval.retrievers import RetrieverSpec, expression
 from ebr.retrieval.service import SearchRequest, SearchService
@@ -34,27 +35,6 @@ from ebr.retrieval.service import SearchRequest, SearchService
 log = logging.getLogger(__name__)
 
 WIDEST = 2.0  # a cosine distance every document is within
-
-
-@dataclass(frozen=True)
-class CalibrationConfig:
-    """conf/serving: the recall target (share of the exact top-K recall), the scan budget (share of the
-    documents), the nprobes tried, the fusions tried, how many sessions of a vertical are used."""
-
-    target: float = 0.95
-    max_scanned: float = 0.2
-    nprobes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
-    fusions: tuple[str, ...] = ()
-    max_sessions: int = 1000
-    metric: str = "recall"  # recall (recall@K) | ndcg (nDCG@10): what chooses between fusions
-    radius_slack: float = 0.002  # recall a smaller radius may lose against the widest one
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.metric not in ("recall", "ndcg"):
-            raise ValueError(f"serving.metric must be recall or ndcg, got {self.metric!r}")
-        if not 0 < self.target <= 1 or not 0 < self.max_scanned <= 1:
-            raise ValueError("serving.target and serving.max_scanned must be in (0, 1]")
 
 
 @dataclass
@@ -163,6 +143,7 @@ def calibrate(
     cfg: CalibrationConfig,
 ) -> Template:
     """The template of `spec` on `vertical` (see the module docstring)."""
+    check(cfg)
     sessions = with_vectors(service, spec, vertical, sessions.sample(cfg.max_sessions, cfg.seed))
     key = spec.index_key
     nlist = service.engine.index.fields[key].nlist
@@ -233,6 +214,16 @@ def calibrate(
         sessions=len(sessions.requests),
         tried=tried,
     )
+
+
+def check(cfg: CalibrationConfig) -> None:
+    """ValueError naming the key of a setting out of range."""
+    if cfg.metric not in ("recall", "ndcg"):
+        raise ValueError(f"serving.metric must be recall or ndcg, got {cfg.metric!r}")
+    if not 0 < cfg.target <= 1 or not 0 < cfg.max_scanned <= 1:
+        raise ValueError("serving.target and serving.max_scanned must be in (0, 1]")
+    if not cfg.nprobes or min(cfg.nprobes) < 1:
+        raise ValueError(f"serving.nprobes must be positive integers, got {cfg.nprobes}")
 
 
 def _score(point: dict[str, Any], metric: str) -> float:

@@ -1,64 +1,21 @@
-"""The engine's settings from conf/engine/default.yaml (Hydra overrides: `engine.limits.max_k=50`)."""
+"""The engine's settings from conf/engine/default.yaml (Hydra overrides: `engine.limits.max_k=50`), checked:
+the schema (ebr/config.py) types every value when the config is composed; this module checks the ranges."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ebr.config import load_config
-from ebr.retrieval.executor import ORDERS, PlannerCosts
-from ebr.retrieval.query import Limits
-from ebr.retrieval.scoring import BM25Params
-from ebr.retrieval.store import StoreConfig
+from ebr.config import EngineConfig, load_config, typed
+from ebr.retrieval.executor import ORDERS
 
 MAX_DEPTH_CEILING = 200  # the parser recurses once per level
 
 
-@dataclass(frozen=True)
-class ServingConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    request_timeout_s: float = 5.0
-    reload_poll_s: float = 1.0
-    max_vector_dims: int = 4096
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    limits: Limits
-    store: StoreConfig
-    serving: ServingConfig
-    default_limit: int
-    max_limit: int
-    order: str
-    max_batch_changes: int
-    default_vertical: str | None
-    templates: dict[str, str]
-    planner: PlannerCosts
-    bm25: BM25Params
-
-
 def engine_config(cfg: DictConfig) -> EngineConfig:
     """Typed settings from the `engine` config node; raises ValueError naming a bad setting."""
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(raw, dict)
-    store = dict(raw["store"])
-    max_batch = int(store.pop("max_batch_changes"))
-    config = EngineConfig(
-        limits=Limits(**raw["limits"]),
-        store=StoreConfig(**store),
-        serving=ServingConfig(**raw["serving"]),
-        default_limit=int(raw["results"]["default_limit"]),
-        max_limit=int(raw["results"]["max_limit"]),
-        order=str(raw["results"]["order"]),
-        max_batch_changes=max_batch,
-        default_vertical=raw.get("default_vertical"),
-        templates={str(k): str(v) for k, v in (raw.get("templates") or {}).items()},
-        planner=PlannerCosts(**raw["planner"]),
-        bm25=BM25Params(**raw["bm25"]),
-    )
+    config: EngineConfig = typed(cfg)
     if not 1 <= config.limits.max_depth <= MAX_DEPTH_CEILING:
         raise ValueError(f"engine.limits.max_depth must be between 1 and {MAX_DEPTH_CEILING}")
     if config.order not in ORDERS:

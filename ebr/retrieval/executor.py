@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
+from ebr.config import BM25Params, PlannerCosts, engine_defaults
 from ebr.retrieval.index import EngineIndex
 from ebr.retrieval.quantized import NNField, Probe
 from ebr.retrieval.query import (
@@ -57,7 +58,7 @@ from ebr.retrieval.query import (
     scored_terms,
     vector_nodes,
 )
-from ebr.retrieval.scoring import DEFAULT_BM25, BM25Params, bm25_scores, fuse_linear, fuse_rrf
+from ebr.retrieval.scoring import bm25_scores, fuse_linear, fuse_rrf
 
 ORDERS = ("score", "doc_id")
 _EMPTY = np.empty(0, dtype=np.int64)
@@ -76,21 +77,7 @@ class ExecutionError(ValueError):
         self.problem = problem
 
 
-@dataclass(frozen=True)
-class PlannerCosts:
-    """Unit costs of the nn plans, relative to faiss scanning one PQ code (benchmarks/engine_plans.py)."""
-
-    scan_result: float = 12.0  # collecting one hit of a scan (range result, sort by id, intersection)
-    pass_fraction: float = 0.05  # expected share of scanned codes within a radius < 1 (>= 1: all of them)
-    selector_check: float = 0.42  # testing one code's id against a selector
-    hash_per_allowed: float = 8.0  # building a hash-set selector, per allowed id
-    bitmap_per_id: float = 0.01  # building a bitmap selector, per internal id of the index
-    candidate_per_allowed: float = 0.75  # looking up one allowed id's cluster
-    candidate_per_hit: float = 130.0  # decoding and scoring one allowed id of a probed cluster
-
-
 PLANS = ("scan", "selector", "candidates")
-DEFAULT_COSTS = PlannerCosts()
 
 
 @dataclass
@@ -155,9 +142,9 @@ def execute(
     limit: int | None = None,
     order: str = "score",
     deadline: float | None = None,
-    costs: PlannerCosts = DEFAULT_COSTS,
+    costs: PlannerCosts | None = None,
     query_text: str | None = None,
-    bm25: BM25Params = DEFAULT_BM25,
+    bm25: BM25Params | None = None,
 ) -> Hits:
     """Evaluate `root`; `vectors` holds a unit query vector per nn and rerank key; `query_text` is what
     `(fuse ...)` scores by BM25; `deadline` is a time.monotonic()."""
@@ -167,7 +154,8 @@ def execute(
         if node.key not in vectors:
             kind = "nn" if isinstance(node, NN) else "rerank"
             raise ExecutionError(node.pos, f"no query embedding for {kind} key {node.key!r}")
-    run = _Run(index, vectors, deadline, costs, query_text, bm25)
+    defaults = engine_defaults()
+    run = _Run(index, vectors, deadline, costs or defaults.planner, query_text, bm25 or defaults.bm25)
     ids, scores = run.ranked(root)
     doc_ids = index.doc_ids[ids]
     ranking = _rank(doc_ids, scores, order, limit)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ebr.config import Limits, engine_defaults
 from ebr.retrieval.index import CLUSTER_FIELD_PREFIX
 from ebr.retrieval.terms import normalize_term, query_terms
 
@@ -41,17 +42,6 @@ class QueryError(ValueError):
         super().__init__(f"column {position + 1}: {problem}")
         self.position = position
         self.problem = problem
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_query_chars: int = 10_000
-    max_depth: int = 32
-    max_nodes: int = 1_000
-    max_nprobe: int = 1_024
-    max_k: int = 10_000
-    default_nprobe: int = 16
-    max_rerank: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -391,7 +381,7 @@ def _number(text: str) -> float:
 
 def parse(text: str, limits: Limits | None = None) -> Node:
     """Parse one expression; raises QueryError with the position and the problem."""
-    limits = limits or Limits()
+    limits = limits or engine_defaults().limits
     if not isinstance(text, str):
         raise QueryError(0, "the query must be a string")
     if len(text) > limits.max_query_chars:

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from ebr.config import BM25Params, engine_defaults
 from ebr.retrieval.index import CLUSTER_FIELD_PREFIX, EngineIndex
 from ebr.retrieval.quantized import NNField, coarse_lists
 from ebr.retrieval.query import NN, And, Fuse, Node, Not, Or, Rerank, Term, nn_nodes, scored_terms
-from ebr.retrieval.scoring import DEFAULT_BM25, BM25Params
 from ebr.retrieval.terms import TEXT_PREFIX, query_terms
 
 EPSILON = 1e-4
@@ -260,9 +260,9 @@ def evaluate(
     keys: Mapping[str, QuantisedKey],
     vectors: Mapping[str, np.ndarray],
     query_text: str | None = None,
-    bm25: BM25Params = DEFAULT_BM25,
+    bm25: BM25Params | None = None,
 ) -> ReferenceResult:
     """The results of `root` with their scores: those of its ranking operators, or the best over its nn keys
     and the payloads of its `:score` terms."""
-    evaluator = _Evaluator(docs, keys, vectors, query_text, bm25)
+    evaluator = _Evaluator(docs, keys, vectors, query_text, bm25 or engine_defaults().bm25)
     return ReferenceResult(evaluator.ranked(root), evaluator.ambiguous)

@@ -17,23 +17,12 @@ Fusions of BM25 with a result's other score (its nn cosine; NaN: none):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
+from ebr.config import BM25Params
 from ebr.retrieval.index import EngineIndex
 from ebr.retrieval.terms import query_terms
-
-
-@dataclass(frozen=True)
-class BM25Params:
-    """BM25's term-frequency saturation `k1` and length normalisation `b` (Anserini's BEIR values)."""
-
-    k1: float = 0.9
-    b: float = 0.4
-
-
-DEFAULT_BM25 = BM25Params()
 
 
 def bm25_scores(

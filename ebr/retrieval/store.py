@@ -32,14 +32,14 @@ import struct
 import threading
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ebr.config import BM25Params, PlannerCosts, StoreConfig, engine_defaults
 from ebr.io import atomic_write_text, fsync_dir
-from ebr.retrieval.executor import DEFAULT_COSTS, Hits, PlannerCosts, execute
+from ebr.retrieval.executor import Hits, execute
 from ebr.retrieval.index import (
     Change,
     Delete,
@@ -53,7 +53,6 @@ from ebr.retrieval.index import (
     check_doc_id,
 )
 from ebr.retrieval.query import Node
-from ebr.retrieval.scoring import DEFAULT_BM25, BM25Params
 
 _HEADER = struct.Struct("<II")
 
@@ -70,13 +69,6 @@ class ReadOnlyEngineError(UpdateError):
     """A change sent to an engine opened read-only (another process writes this version's state)."""
 
     status = 503
-
-
-@dataclass(frozen=True)
-class StoreConfig:
-    fsync: bool = True
-    compact_after_records: int = 100_000  # 0: only on request
-    max_terms_per_doc: int = 1_000
 
 
 class ReadWriteLock:
@@ -212,7 +204,7 @@ class Engine:
         cls, base_dir: Path, state_dir: Path, config: StoreConfig | None = None, writable: bool = True
     ) -> Engine:
         """Load the newest generation and replay its log. Read-only opens never touch the state folder."""
-        config = config or StoreConfig()
+        config = config or engine_defaults().store
         lock_file = None
         if writable:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -267,9 +259,9 @@ class Engine:
         limit: int | None = None,
         order: str = "score",
         deadline: float | None = None,
-        costs: PlannerCosts = DEFAULT_COSTS,
+        costs: PlannerCosts | None = None,
         query_text: str | None = None,
-        bm25: BM25Params = DEFAULT_BM25,
+        bm25: BM25Params | None = None,
     ) -> Hits:
         with self._rw.read():
             return execute(

@@ -16,16 +16,23 @@ import faiss
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ebr.ann.quantize import IndexConfig, table3_markdown, tune
+from ebr.ann.quantize import table3_markdown, tune
+from ebr.config import typed
 from ebr.evaluation.ensembles import evaluation_markdown, evaluation_table, fill_weights, specs_from_config
 from ebr.models.features import FeatureSet
 from ebr.models.training import embed_queries, load_module
 from ebr.retrieval.retrievers import RetrieverSpec, index_docs, index_queries
+from ebr.runners import SERIAL, Shards
 
 
-def query_vectors(features: FeatureSet, models: Mapping[str, Any], rows: np.ndarray) -> dict[str, np.ndarray]:
+def query_vectors(
+    features: FeatureSet, models: Mapping[str, Any], rows: np.ndarray, shards: Shards = SERIAL
+) -> dict[str, np.ndarray]:
     """Each model's query embeddings of the session rows (its training-time tower)."""
-    return {n: embed_queries(load_module(Path(i["checkpoint"])), features, rows) for n, i in models.items()}
+    return {
+        n: embed_queries(load_module(Path(i["checkpoint"])), features, rows, shards=shards)
+        for n, i in models.items()
+    }
 
 
 def doc_vectors(models: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -48,7 +55,7 @@ def index_keys(specs: list[RetrieverSpec]) -> list[str]:
 
 
 def ensembles_and_index(
-    cfg: DictConfig, features: FeatureSet, models: Mapping[str, Any], out: Path
+    cfg: DictConfig, features: FeatureSet, models: Mapping[str, Any], out: Path, shards: Shards = SERIAL
 ) -> dict[str, Any]:
     """Weights on the tuning sessions, an ANN index tuned per embedding key, the exact-vs-quantised table."""
     rows = features.part_rows("tune")
@@ -56,14 +63,14 @@ def ensembles_and_index(
     keep = [i for i, t in enumerate(targets) if len(t)]
     if not keep:
         raise ValueError("no tuning session has a click: give data.split.tune sessions with clicks")
-    queries = {k: v[keep] for k, v in query_vectors(features, models, rows).items()}
+    queries = {k: v[keep] for k, v in query_vectors(features, models, rows, shards).items()}
     docs, targets = doc_vectors(models), [targets[i] for i in keep]
     ecfg = OmegaConf.to_container(cfg.ensemble, resolve=True)
     specs, skipped = specs_from_config(ecfg, list(models))
     specs, weight_tables = fill_weights(
         specs, queries, docs, targets, int(ecfg["validation_k"]), ecfg["weight_grid"]
     )
-    icfg = IndexConfig.from_mapping(OmegaConf.to_container(cfg.index, resolve=True))
+    icfg = typed(cfg.index)
     by_key = {s.index_key: s for s in specs} | {k: RetrieverSpec(k, "single", (k,)) for k in models}
     tuned, indexes = {}, {}
     for key in index_keys(specs):

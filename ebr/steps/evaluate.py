@@ -28,7 +28,7 @@ from ebr.models.features import PARTS, FeatureSet
 from ebr.models.lightning_module import TwoTowerModule
 from ebr.models.text_features import normalize_text
 from ebr.models.training import embed_documents, embed_queries, load_module
-from ebr.runners import map_shards, row_shards
+from ebr.runners import SERIAL, Shards
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def evaluate(
     models: Mapping[str, TwoTowerModule],
     intents: pd.DataFrame | None = None,
     rankings: Mapping[str, np.ndarray] | None = None,
+    shards: Shards = SERIAL,
 ) -> dict[str, Any]:
     """The report dict: recall[model][vertical][K] against clicks and, with intents, against intents (overall
     and per query form), for eval.baselines, the trained towers (`models`, by name) and any precomputed
@@ -90,9 +91,10 @@ def evaluate(
         else:
             raise ValueError(f"eval.baselines: unknown baseline {name!r} (expected {', '.join(BASELINES)})")
     for name, module in models.items():
-        docs = embed_documents(module, features)
-        queries = embed_queries(module, features, rows)
-        retrievers[name] = knn_ranking(docs, queries, features, rows, depth, int(cfg.eval.query_block))
+        docs = embed_documents(module, features, shards=shards)
+        queries = embed_queries(module, features, rows, shards=shards)
+        block = int(cfg.eval.query_block)
+        retrievers[name] = knn_ranking(docs, queries, features, rows, depth, block, shards)
     retrievers.update(rankings or {})
 
     report: dict[str, Any] = {"ks": ks, "recall": {}, "sessions": {}}
@@ -231,10 +233,16 @@ def bm25_ranking(features: FeatureSet, rows: np.ndarray, depth: int, k1: float, 
 
 
 def knn_ranking(
-    docs: np.ndarray, queries: np.ndarray, features: FeatureSet, rows: np.ndarray, depth: int, block: int
+    docs: np.ndarray,
+    queries: np.ndarray,
+    features: FeatureSet,
+    rows: np.ndarray,
+    depth: int,
+    block: int,
+    shards: Shards = SERIAL,
 ) -> np.ndarray:
     """Exact KNN (inner product on L2-normalised embeddings) over the documents of each session's vertical,
-    queries searched in shards of `block` on the current runner (ebr/runners.py). docs: one row per
+    queries searched in shards of `block` on `shards` (ebr/runners.py). docs: one row per
     document; queries: one per session of `rows`."""
     out = np.full((len(rows), depth), -1, np.int64)
     for i, _ in enumerate(features.verticals):
@@ -244,7 +252,7 @@ def knn_ranking(
             continue
         k = min(depth, len(pool))
         search = partial(_knn_block, np.ascontiguousarray(docs[pool]), queries[sel], k)
-        found = np.concatenate(map_shards(search, row_shards(len(sel), block), "evaluation"))
+        found = np.concatenate(shards.map(search, shards.rows(len(sel), block), "evaluation"))
         out[sel, :k] = np.where(found >= 0, pool[np.maximum(found, 0)], -1)
     return out
 
@@ -287,12 +295,12 @@ def markdown_report(report: Mapping[str, Any]) -> str:
 
 
 def evaluate_models(
-    cfg: DictConfig, features: FeatureSet, models: Mapping[str, Any], out: Path
+    cfg: DictConfig, features: FeatureSet, models: Mapping[str, Any], out: Path, shards: Shards = SERIAL
 ) -> dict[str, Any]:
     """Step `evaluate`: the towers' recall table (models x verticals x K) with the baselines, on the
     evaluation sessions; report.json and report.md in `out`."""
     modules = {name: load_module(Path(info["checkpoint"])) for name, info in models.items()}
-    report = evaluate(cfg, features, modules, load_intents(intents_path(cfg)))
+    report = evaluate(cfg, features, modules, load_intents(intents_path(cfg)), shards=shards)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
     atomic_write_text(out / "report.md", markdown_report(report))
     return report

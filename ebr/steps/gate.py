@@ -24,6 +24,7 @@ from ebr.retrieval.calibration import Sessions, recall
 from ebr.retrieval.config import EngineConfig, load_engine_config
 from ebr.retrieval.retrievers import bm25_expression, single
 from ebr.retrieval.service import SearchService
+from ebr.runners import SERIAL, Shards
 from ebr.steps.serving import references
 from ebr.steps.sessions import session_requests
 
@@ -71,6 +72,7 @@ def run_gate(
     models: Mapping[str, Any],
     candidate: Path,
     out: Path,
+    shards: Shards = SERIAL,
 ) -> GateResult:
     """Measure the candidate, the published version and the baselines on the gate sessions; decide; write
     gate.json and gate.md into `out`."""
@@ -85,7 +87,7 @@ def run_gate(
         service.close()
     baselines: dict[str, dict[str, float]] = {"bm25": bm25}
     if "text" in models:
-        baselines["text"] = _text_recall(features, models, gcfg)
+        baselines["text"] = _text_recall(features, models, gcfg, shards)
     published = published_recall(sessions, gcfg, engine)
     version, published_values = published if published is not None else (None, None)
     result = evaluate_gate(
@@ -100,7 +102,9 @@ def run_gate(
     return result
 
 
-def _text_recall(features: FeatureSet, models: Mapping[str, Any], gcfg: GateConfig) -> dict[str, float]:
+def _text_recall(
+    features: FeatureSet, models: Mapping[str, Any], gcfg: GateConfig, shards: Shards
+) -> dict[str, float]:
     """The text tower's exact top-K recall per vertical on the gate sessions."""
     out = {}
     for vertical, rule in gcfg.verticals.items():
@@ -109,7 +113,7 @@ def _text_recall(features: FeatureSet, models: Mapping[str, Any], gcfg: GateConf
         if not np.any(features.session_vertical[rows] == code):
             continue
         text = {"text": models["text"]}
-        recall_, _ = references(features, text, [single("text")], vertical, rule.k, gcfg.sessions)
+        recall_, _ = references(features, text, [single("text")], vertical, rule.k, gcfg.sessions, shards)
         if np.isfinite(recall_["text"]):
             out[vertical] = recall_["text"]
     return out

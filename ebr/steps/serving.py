@@ -27,17 +27,19 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from ebr.config import CalibrationConfig, typed
 from ebr.evaluation.ensembles import search_rows
 from ebr.evaluation.gate import GateConfig
 from ebr.io import atomic_write_text
 from ebr.models.features import FeatureSet
 from ebr.registry.publication import VersionPieces, data_version, stage_version
 from ebr.retrieval.build import build_engine
-from ebr.retrieval.calibration import CalibrationConfig, Template, calibrate, target_radii
+from ebr.retrieval.calibration import Template, calibrate, target_radii
 from ebr.retrieval.config import load_engine_config
 from ebr.retrieval.retrievers import RetrieverSpec, expression, index_docs, index_queries
 from ebr.retrieval.service import SearchService
 from ebr.retrieval.terms import document_terms
+from ebr.runners import SERIAL, Shards
 from ebr.steps.ensembles import clicked_rows, doc_vectors, index_keys, query_vectors
 from ebr.steps.sessions import session_requests
 
@@ -72,19 +74,6 @@ def _str(value: Any) -> str | None:
         None
         if value is None or (isinstance(value, float) and np.isnan(value)) or pd.isna(value)
         else str(value)
-    )
-
-
-def calibration_config(cfg: DictConfig) -> CalibrationConfig:
-    s = OmegaConf.to_container(cfg.serving, resolve=True)
-    return CalibrationConfig(
-        target=float(s["target"]),
-        max_scanned=float(s["max_scanned"]),
-        nprobes=tuple(int(p) for p in s["nprobes"]),
-        fusions=tuple(str(f) for f in s["fusions"] or ()),
-        max_sessions=int(s["max_sessions"]),
-        metric=str(s["metric"]),
-        seed=int(cfg.seed),
     )
 
 
@@ -130,6 +119,7 @@ def references(
     vertical: str,
     k: int,
     part: str = "tune",
+    shards: Shards = SERIAL,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Exact top-k recall of every spec on the vertical's sessions of `part` (within the vertical's
     documents), and per spec the cosine distances between those queries and their targets."""
@@ -143,7 +133,7 @@ def references(
     position = np.full(len(features.doc_ids), -1, np.int64)
     position[pool] = np.arange(len(pool))
     targets = [position[t] for t in targets]
-    queries = query_vectors(features, models, rows)
+    queries = query_vectors(features, models, rows, shards)
     docs = {n: v[pool] for n, v in doc_vectors(models).items()}
     recall, distances = {}, {}
     for spec in specs:
@@ -166,6 +156,7 @@ def choose_serving(
     index_dir: Path,
     out: Path,
     run_id: str,
+    shards: Shards = SERIAL,
 ) -> dict[str, Any]:
     """Stage the pool, calibrate and choose per vertical, stage the candidate (see the module docstring)."""
     specs = [RetrieverSpec.from_dict(r) for r in ensembles["retrievers"]]
@@ -181,7 +172,7 @@ def choose_serving(
     )
     gate = GateConfig.from_mapping(OmegaConf.to_container(cfg.gate, resolve=True), features.verticals)
     sessions = session_requests(db_path, features, "tune")
-    calibration = calibration_config(cfg)
+    calibration: CalibrationConfig = typed(cfg.serving)
     engine_cfg = load_engine_config()
     service = SearchService.open(out / "pool", engine_cfg, writable=False)
     chosen: dict[str, Template] = {}
@@ -193,7 +184,7 @@ def choose_serving(
             if vertical not in sessions:
                 report[vertical] = {"calibrated": False, "reason": "no tuning sessions with clicks"}
                 continue
-            recall, distances = references(features, models, specs, vertical, k)
+            recall, distances = references(features, models, specs, vertical, k, shards=shards)
             if forced != "best":
                 names = [forced]
             else:

@@ -20,12 +20,15 @@ from ebr.io import atomic_write_text
 from ebr.models.export import export_query_tower
 from ebr.models.features import build_features, split_from_config
 from ebr.models.training import embed_documents, load_module, train_tower
+from ebr.runners import SERIAL, Shards
 from ebr.steps.evaluate import evaluate, intents_path, load_intents, markdown_report
 
 log = logging.getLogger(__name__)
 
 
-def train_and_evaluate(cfg: DictConfig, db_path: Path, out_dir: Path) -> dict[str, Any]:
+def train_and_evaluate(
+    cfg: DictConfig, db_path: Path, out_dir: Path, shards: Shards = SERIAL
+) -> dict[str, Any]:
     """Features -> train every model of train.models -> export -> evaluate; returns the report dict."""
     out_dir = Path(out_dir)
     started = time.perf_counter()
@@ -36,16 +39,16 @@ def train_and_evaluate(cfg: DictConfig, db_path: Path, out_dir: Path) -> dict[st
     (out_dir / "embeddings").mkdir(parents=True, exist_ok=True)
     np.save(out_dir / "embeddings" / "doc_ids.npy", features.doc_ids)
     for name in cfg.train.models:
-        trained = train_tower(cfg, features, str(name), out_dir / str(name))
+        trained = train_tower(cfg, features, str(name), out_dir / str(name), shards=shards)
         module = load_module(trained.checkpoint)
         export_query_tower(
             module.query_tower, features.featurizer, out_dir / "towers" / str(name), dict(module.hparams)
         )
-        np.save(out_dir / "embeddings" / f"{name}.npy", embed_documents(module, features))
+        np.save(out_dir / "embeddings" / f"{name}.npy", embed_documents(module, features, shards=shards))
         modules[str(name)] = module
         training[str(name)] = {**trained.stats, "checkpoint": str(trained.checkpoint)}
     intents_file = intents_path(cfg)
-    report = evaluate(cfg, features, modules, load_intents(intents_file))
+    report = evaluate(cfg, features, modules, load_intents(intents_file), shards=shards)
     report.update(
         {
             "split": split.summary(),

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import faiss
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
+from hydra.errors import ConfigCompositionException
 
 from ebr.ann.knn import exact_knn, one_recall_at, recall_at_k
 from ebr.ann.quantize import (
-    IndexConfig,
     build_index,
     expand_schemes,
     pareto_front,
@@ -17,8 +18,13 @@ from ebr.ann.quantize import (
     table3_markdown,
     tune,
 )
-from ebr.config import load_config
+from ebr.config import IndexConfig, load_config, retrain_defaults, typed
 from ebr.models.synthetic import clustered_dataset
+
+
+def index_cfg(**settings) -> IndexConfig:
+    """conf/index/default.yaml with some settings changed."""
+    return replace(retrain_defaults().index, **settings)
 
 
 def _transform(index: faiss.IndexPreTransform, x: np.ndarray) -> np.ndarray:
@@ -33,7 +39,7 @@ def data():
 @pytest.fixture(scope="module")
 def small_cfg() -> IndexConfig:
     """Every kind of scheme; 8-byte codes for 16-d vectors (d/4 loses too much on this synthetic set)."""
-    return IndexConfig(
+    return index_cfg(
         factories=(
             "IVF{nlist},PQ{m}x{nbits}",
             "OPQ{m},IVF{nlist},PQ{m}x{nbits}",
@@ -108,7 +114,7 @@ def test_imi_is_measured_but_not_servable_by_the_inner_product_engine(tuned):
 
 
 def test_unreachable_target_chooses_the_most_accurate_point(data):
-    cfg = IndexConfig(
+    cfg = index_cfg(
         factories=("IVF{nlist},PQ{m}x{nbits}",), nlists=(32,), nprobes=(1, 2), pq_nbits=4, k=10, max_drop=0.0
     )
     result = tune(data.docs, data.queries, cfg, data.targets)
@@ -118,7 +124,7 @@ def test_unreachable_target_chooses_the_most_accurate_point(data):
 
 
 def test_without_targets_the_target_is_one_recall(data):
-    cfg = IndexConfig(
+    cfg = index_cfg(
         factories=("IVF{nlist},PQ{m}x{nbits}",), nlists=(32,), nprobes=(1, 4, 32), pq_bytes=8, max_drop=0.1
     )
     result = tune(data.docs, data.queries[:100], cfg)
@@ -127,7 +133,7 @@ def test_without_targets_the_target_is_one_recall(data):
 
 
 def test_expand_schemes_fills_templates_and_skips_impossible_ones():
-    cfg = IndexConfig(
+    cfg = index_cfg(
         factories=(
             "IVF{nlist},PQ{m}x{nbits}",
             "PCAR{pca_d},IVF{nlist},PQ{m}x{nbits}",
@@ -166,10 +172,11 @@ def test_table3_and_report_dict(tuned):
     assert d["chosen"]["chosen"] and len(d["points"]) == len(tuned.points) and d["met"]
 
 
-def test_index_config_matches_conf_index_default():
-    cfg = IndexConfig.from_mapping(OmegaConf.to_container(load_config().index))
-    assert (
-        cfg.pq_bytes is None and cfg.metric == "inner_product" and "IVF{nlist},PQ{m}x{nbits}" in cfg.factories
-    )
-    with pytest.raises(ValueError, match="unknown keys"):
-        IndexConfig.from_mapping({"nprobe": [1]})
+def test_index_config_is_typed_from_conf_index_default():
+    cfg = typed(load_config().index)
+    assert isinstance(cfg, IndexConfig) and cfg.pq_bytes is None and cfg.metric == "inner_product"
+    assert "IVF{nlist},PQ{m}x{nbits}" in cfg.factories
+    with pytest.raises(ConfigCompositionException, match="index.nprobe"):
+        load_config(["index.nprobe=[1]"])  # an unknown key is refused when the config is composed
+    with pytest.raises(ConfigCompositionException, match="index.k=1.5"):
+        load_config(["index.k=1.5"])  # so is a value of the wrong type

@@ -6,26 +6,32 @@ OPQ), and documents are few, so every index build in a test takes milliseconds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from ebr import registry
+from ebr.config import engine_defaults
 from ebr.retrieval.build import build_engine, build_index
-from ebr.retrieval.executor import PlannerCosts
 from ebr.retrieval.index import EngineIndex
 
 D = 16
 IMPOSSIBLE = 1e12
 FORCED_PLANS = {  # costs that make the planner pick one plan (and one kind of selector)
-    "scan": PlannerCosts(selector_check=IMPOSSIBLE, candidate_per_allowed=IMPOSSIBLE),
-    "selector-hash": PlannerCosts(selector_check=0, hash_per_allowed=0, candidate_per_allowed=IMPOSSIBLE),
-    "selector-bitmap": PlannerCosts(
-        selector_check=0, hash_per_allowed=IMPOSSIBLE, bitmap_per_id=0, candidate_per_allowed=IMPOSSIBLE
+    "scan": replace(engine_defaults().planner, selector_check=IMPOSSIBLE, candidate_per_allowed=IMPOSSIBLE),
+    "selector-hash": replace(
+        engine_defaults().planner, selector_check=0, hash_per_allowed=0, candidate_per_allowed=IMPOSSIBLE
     ),
-    "candidates": PlannerCosts(candidate_per_allowed=0, candidate_per_hit=0),
+    "selector-bitmap": replace(
+        engine_defaults().planner,
+        selector_check=0,
+        hash_per_allowed=IMPOSSIBLE,
+        bitmap_per_id=0,
+        candidate_per_allowed=IMPOSSIBLE,
+    ),
+    "candidates": replace(engine_defaults().planner, candidate_per_allowed=0, candidate_per_hit=0),
 }
 FACTORIES = {"unified": "OPQ4,IVF16,PQ4x4", "text": "IVF8,PQ4x4"}
 CENTERS = np.random.default_rng(1234).standard_normal((24, D)).astype(np.float32)

@@ -3,6 +3,7 @@ share of the exact top-K recall, the radius the smallest that keeps that recall,
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 from engine_fixtures import D, make_corpus, unit, write_version
 
-from ebr.retrieval.calibration import CalibrationConfig, Sessions, calibrate, target_radii
+from ebr.config import retrain_defaults
+from ebr.retrieval.calibration import Sessions, calibrate, target_radii
 from ebr.retrieval.config import load_engine_config
 from ebr.retrieval.retrievers import single
 from ebr.retrieval.service import SearchRequest, SearchService
@@ -47,7 +49,9 @@ def synthetic(tmp_path: Path, ebr_home: Path):
 
 def test_calibrated_template_meets_its_target_at_the_cheapest_nprobe(synthetic) -> None:
     service, sessions, reference, distances = synthetic
-    cfg = CalibrationConfig(target=0.95, max_scanned=1.0, nprobes=(1, 2, 4, 8, 16))
+    cfg = replace(
+        retrain_defaults().serving, target=0.95, max_scanned=1.0, nprobes=[1, 2, 4, 8, 16], fusions=[]
+    )
     template = calibrate(
         service, single("unified"), "people", sessions, reference, target_radii(distances), K, cfg
     )
@@ -66,7 +70,9 @@ def test_calibrated_template_meets_its_target_at_the_cheapest_nprobe(synthetic) 
 
 def test_without_a_feasible_nprobe_the_most_accurate_affordable_point_is_kept(synthetic) -> None:
     service, sessions, reference, distances = synthetic
-    cfg = CalibrationConfig(target=1.0, max_scanned=0.3, nprobes=(1, 2, 4, 8, 16))
+    cfg = replace(
+        retrain_defaults().serving, target=1.0, max_scanned=0.3, nprobes=[1, 2, 4, 8, 16], fusions=[]
+    )
     template = calibrate(
         service, single("unified"), "people", sessions, 1.01, target_radii(distances), K, cfg
     )

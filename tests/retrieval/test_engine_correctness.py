@@ -21,7 +21,8 @@ from engine_fixtures import (
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from ebr.retrieval.executor import PlannerCosts, execute
+from ebr.config import PlannerCosts, engine_defaults
+from ebr.retrieval.executor import execute
 from ebr.retrieval.index import EngineIndex, parse_terms
 from ebr.retrieval.query import NN, And, AnyText, Fuse, Not, Or, Rerank, Term, Text, expand_text, parse
 from ebr.retrieval.reference import EPSILON, Docs, evaluate, quantised_view
@@ -83,7 +84,7 @@ queries = st.one_of(expressions, fused, reranked(st.one_of(expressions, fused)),
 tokens = st.sampled_from([w.partition(":")[2] for w in WORDS] + ["absent"])
 query_texts = st.one_of(st.just(""), st.lists(tokens, min_size=1, max_size=4).map(" ".join))
 vector_rows = st.integers(0, 63)
-FORCE = {**FORCED_PLANS, "default": PlannerCosts()}
+FORCE = {**FORCED_PLANS, "default": engine_defaults().planner}
 
 
 def assert_matches_reference(

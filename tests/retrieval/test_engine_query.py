@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ebr.config import engine_defaults
 from ebr.retrieval.query import (
     NN,
     And,
     AnyText,
     Fuse,
-    Limits,
     Or,
     QueryError,
     Rerank,
@@ -74,7 +75,7 @@ def test_ranking_operators_parse_and_print_back() -> None:
 
 
 def test_top_k_mode_default_nprobe_and_normalised_terms() -> None:
-    node = parse("(nn unified :k 50)", Limits(default_nprobe=8))
+    node = parse("(nn unified :k 50)", replace(engine_defaults().limits, default_nprobe=8))
     assert (node.k, node.radius, node.nprobe) == (50, None, 8)
     assert parse("(term Location:Menlo_Park)") == Term("location:menlo_park")
     assert parse("( and\n(term text:Café) )") == And((Term("text:cafe", 6),), 0)
@@ -146,7 +147,9 @@ def test_errors_name_the_position_and_the_problem(query: str, column: int, probl
 
 
 def test_limits_on_length_depth_nodes_nprobe_and_k() -> None:
-    limits = Limits(max_query_chars=200, max_depth=3, max_nodes=5, max_nprobe=8, max_k=10)
+    limits = replace(
+        engine_defaults().limits, max_query_chars=200, max_depth=3, max_nodes=5, max_nprobe=8, max_k=10
+    )
     with pytest.raises(QueryError, match="longer than 200"):
         parse("(or" + " (term a:b)" * 30 + ")", limits)
     with pytest.raises(QueryError, match="deeper than 3") as err:
@@ -159,15 +162,18 @@ def test_limits_on_length_depth_nodes_nprobe_and_k() -> None:
     with pytest.raises(QueryError, match="between 1 and 10"):
         parse("(nn u :k 11)", limits)
     with pytest.raises(QueryError, match=":n must be between 1 and 3"):
-        parse("(rerank u :n 4 (term a:b))", Limits(max_rerank=3))
+        parse("(rerank u :n 4 (term a:b))", replace(engine_defaults().limits, max_rerank=3))
     with pytest.raises(QueryError, match="more than 2 nodes"):  # ranking operators are nodes
-        parse("(rerank u :n 4 (fuse :rrf 1 (term a:b)))", Limits(max_nodes=2))
+        parse("(rerank u :n 4 (fuse :rrf 1 (term a:b)))", replace(engine_defaults().limits, max_nodes=2))
     assert parse("(not (not (term a:b)))", limits)
 
 
 def test_deeply_nested_input_is_an_error_not_a_crash() -> None:
     with pytest.raises(QueryError, match="deeper than"):
-        parse("(not " * 5000 + "(term a:b)" + ")" * 5000, Limits(max_query_chars=100_000))
+        parse(
+            "(not " * 5000 + "(term a:b)" + ")" * 5000,
+            replace(engine_defaults().limits, max_query_chars=100_000),
+        )
 
 
 @settings(max_examples=300, deadline=None)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from engine_fixtures import clustered, corpus_index, make_corpus, unit
 
+from ebr.config import engine_defaults
 from ebr.retrieval.build import build_index
 from ebr.retrieval.executor import ExecutionError, Hits, RankingStats, execute
 from ebr.retrieval.index import Document, EngineIndex, Update, parse_terms
 from ebr.retrieval.query import Or, expand_text, parse
-from ebr.retrieval.scoring import DEFAULT_BM25, BM25Params, bm25_scores
+from ebr.retrieval.scoring import bm25_scores
 from ebr.retrieval.terms import document_terms
 
 K1, B = 0.9, 0.4
@@ -33,7 +35,7 @@ def scores_of(hits: Hits) -> dict[int, float | None]:
 
 def bm25_of(index: EngineIndex, doc_ids: list[int], text: str = "john smith") -> list[float]:
     ids = np.array([index.internal_id(d) for d in doc_ids])
-    return bm25_scores(index, ids, text, DEFAULT_BM25).tolist()
+    return bm25_scores(index, ids, text, engine_defaults().bm25).tolist()
 
 
 def test_bm25_equals_a_hand_computation_through_changes_and_compaction() -> None:
@@ -67,7 +69,7 @@ def test_bm25_equals_a_hand_computation_through_changes_and_compaction() -> None
     assert compacted.text_lengths.tolist() == [3.0, 4.0] and compacted.mean_text_length == 3.5
     assert bm25_of(compacted, [1, 2]) == pytest.approx(want, rel=1e-12)
     # k1 and b are parameters: b = 0 ignores the lengths
-    flat = bm25_scores(compacted, np.array([0]), "smith", BM25Params(k1=1.2, b=0.0))
+    flat = bm25_scores(compacted, np.array([0]), "smith", replace(engine_defaults().bm25, k1=1.2, b=0.0))
     assert flat.tolist() == pytest.approx([idf(2, 2) * 1 * 2.2 / (1 + 1.2)])
 
 

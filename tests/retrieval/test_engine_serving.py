@@ -13,9 +13,11 @@ import pytest
 from click.testing import CliRunner
 from engine_fixtures import clustered, make_corpus, unit, write_version
 from fastapi.testclient import TestClient
+from hydra.errors import HydraException
 
 from ebr import registry
 from ebr.cli.search import command as search_command
+from ebr.config import engine_defaults
 from ebr.retrieval.api import create_app
 from ebr.retrieval.config import load_engine_config
 from ebr.retrieval.executor import execute
@@ -294,13 +296,13 @@ def test_hot_reload_swaps_versions_without_failing_requests(served: Path, ebr_ho
         assert client.post("/search", json={"expr": HYBRID, "vector": Q.tolist()}).status_code == 200
 
 
-def test_config_defaults_match_the_code_and_bad_settings_are_named() -> None:
-    from ebr.retrieval.executor import PlannerCosts
-    from ebr.retrieval.query import Limits
-    from ebr.retrieval.scoring import BM25Params
-
+def test_engine_settings_are_typed_at_composition_and_bad_ranges_are_named() -> None:
     config = load_engine_config()
-    assert config.planner == PlannerCosts() and config.limits == Limits() and config.bm25 == BM25Params()
+    assert (
+        config.planner == engine_defaults().planner and config.default_limit == config.results.default_limit
+    )
+    with pytest.raises(HydraException, match="engine.limits.max_k=abc"):
+        load_engine_config(["engine.limits.max_k=abc"])  # a wrong type never reaches the first query
     with pytest.raises(ValueError, match="engine.bm25.k1 must be at least 0, got -1"):
         load_engine_config(["engine.bm25.k1=-1"])
     with pytest.raises(ValueError, match="engine.bm25.b must be between 0 and 1, got 1.5"):
@@ -309,3 +311,5 @@ def test_config_defaults_match_the_code_and_bad_settings_are_named() -> None:
         load_engine_config(["engine.limits.max_depth=500"])
     with pytest.raises(ValueError, match="order"):
         load_engine_config(["engine.results.order=random"])
+    with pytest.raises(HydraException, match="engine.limits.nope"):
+        load_engine_config(["engine.limits.nope=1"])

@@ -8,15 +8,17 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from engine_fixtures import clustered, corpus_index, make_corpus
 
+from ebr.config import engine_defaults
 from ebr.retrieval.index import DocumentExistsError, DocumentNotFoundError, UpdateError
 from ebr.retrieval.query import parse
-from ebr.retrieval.store import CorruptLogError, Engine, EngineLockedError, StoreConfig
+from ebr.retrieval.store import CorruptLogError, Engine, EngineLockedError
 
 Q = clustered(np.random.default_rng(5), 1)[0]
 ALL = parse("(and (term vertical:people) (nn unified :radius 1.5 :nprobe 16))")
@@ -139,7 +141,7 @@ def test_compaction_starts_a_new_generation(base: Path, tmp_path: Path) -> None:
 
 
 def test_compaction_runs_after_the_configured_number_of_changes(base: Path, tmp_path: Path) -> None:
-    engine = Engine.open(base, tmp_path / "state", StoreConfig(compact_after_records=3))
+    engine = Engine.open(base, tmp_path / "state", replace(engine_defaults().store, compact_after_records=3))
     for i in range(7):
         engine.add(100 + i, ["text:fresh"], {})
     assert engine.generation == 2 and engine.log_records == 1
