@@ -23,7 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ebr.retrieval.build import build_index
+from ebr.retrieval.build import build_engine_index
 from ebr.retrieval.index import EngineIndex
 
 KEY = "bench"
@@ -118,7 +118,7 @@ def prepare(
     timings["train_s"] = time.perf_counter() - started
     started = time.perf_counter()
     terms = document_terms(cities, rng)
-    index = build_index(np.arange(n, dtype=np.int64), terms, {KEY: vectors}, {KEY: trained})
+    index = build_engine_index(np.arange(n, dtype=np.int64), terms, {KEY: vectors}, {KEY: trained})
     timings["engine_build_s"] = time.perf_counter() - started
     started = time.perf_counter()
     (workdir / "engine").mkdir(exist_ok=True)

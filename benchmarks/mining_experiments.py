@@ -1,7 +1,7 @@
 """The mining experiments of the paper's §6.1 on the simulated `small` world (docs/benchmarks.md, mining).
 
 Each arm is one override file conf/experiment/mining_<arm>.yaml run through ebr.mining.rounds.run_mining on
-the same features; its final model is evaluated by ebr.steps.evaluate (exact KNN recall@K per vertical on the
+the same features; its final model is evaluated by ebr.evaluation.recall (exact KNN recall@K per vertical on
 held-out sessions, against clicks and against the simulator's intents). Arms whose round 0 is the random-
 negative model reuse the `random` arm's checkpoint (mining.start_from) instead of training it again.
 Results are written after every arm; a rerun with the same --out skips the arms already there.
@@ -83,17 +83,18 @@ def run(args: argparse.Namespace) -> list[dict]:
     from omegaconf import OmegaConf
 
     from ebr.config import load_config
+    from ebr.evaluation.recall import evaluate
     from ebr.mining.rounds import run_mining
     from ebr.models.features import build_features, split_from_config
     from ebr.models.training import load_module
-    from ebr.steps.evaluate import evaluate, load_intents
+    from ebr.steps.evaluate import load_intents
 
     torch.set_num_threads(args.threads)
     db = prepare_world(args.home, args.scale, 7)
     common = [
         f"train.epochs={args.epochs}",
-        "train.progress_bar=false",
-        f"train.accelerator={args.accelerator}",
+        "train.trainer.enable_progress_bar=false",
+        f"train.trainer.accelerator={args.accelerator}",
         f"train.torch_threads={args.threads}",
         "eval.baselines=[]",
         "eval.ks=[10,100]",
@@ -193,7 +194,7 @@ def main() -> None:
     parser.add_argument("--scale", default="small", help="the simulated world (tiny for a smoke test)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--accelerator", default="cpu", help="train.accelerator (cpu, gpu, auto)")
+    parser.add_argument("--accelerator", default="cpu", help="train.trainer.accelerator (cpu, gpu, auto)")
     parser.add_argument("--arms", nargs="*", choices=ARMS, help="a subset of the arms (default: all)")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
     parser.add_argument(

@@ -88,7 +88,7 @@ def child(config: dict) -> dict:
     import numpy as np
     import pandas as pd
 
-    from ebr.mining.mine import Embedded, offline_hard_negatives
+    from ebr.mining.hard import Embedded, offline_hard_negatives
     from ebr.models.synthetic import clustered_dataset
 
     sizes = SCALES[config["scale"]]

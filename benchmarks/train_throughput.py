@@ -32,7 +32,7 @@ def _features(overrides: list[str]) -> tuple[DictConfig, FeatureSet]:
     from ebr.config import load_config
     from ebr.models.features import build_features, split_from_config
 
-    cfg = load_config(["train.progress_bar=false", *overrides])
+    cfg = load_config(["train.trainer.enable_progress_bar=false", *overrides])
     split = split_from_config(home.db_path(), cfg)
     return cfg, build_features(home.db_path(), cfg, split)
 

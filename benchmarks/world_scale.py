@@ -133,7 +133,7 @@ def run_one(runner: str, cfg: Any, features: Any, module: Any, db: Path, results
     """Inference and one validated mining round with the shards on `runner`."""
     import numpy as np
 
-    from ebr.mining.mine import Embedded
+    from ebr.mining.hard import Embedded
     from ebr.mining.rounds import mine_table
     from ebr.models.training import embed_documents, embed_queries
     from ebr.runners import open_shards

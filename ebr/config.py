@@ -9,7 +9,7 @@ these dataclasses, built from the composed config with `typed(cfg.<group>)`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -243,6 +243,21 @@ class MiningConfig:
 
 
 @dataclass
+class TrainerConfig:
+    """Lightning's Trainer arguments (hydra.utils.instantiate); others may be added with +train.trainer.X."""
+
+    _target_: str = "lightning.pytorch.Trainer"
+    accelerator: str = MISSING
+    devices: Any = MISSING  # an int, a list of devices or "auto" (Lightning's)
+    strategy: str = MISSING
+    num_nodes: int = MISSING
+    precision: str = MISSING
+    enable_progress_bar: bool = MISSING
+    enable_model_summary: bool = MISSING
+    log_every_n_steps: int = MISSING
+
+
+@dataclass
 class TrainConfig:
     models: list[str] = MISSING
     variants: dict[str, Any] = MISSING  # name -> a variant, checked by ebr.models.training.variant
@@ -256,12 +271,7 @@ class TrainConfig:
     lr: float = MISSING
     encoder_lr: float = MISSING
     head_lr: float = MISSING
-    accelerator: str = MISSING
-    devices: Any = MISSING  # an int, a list of devices or "auto" (Lightning's)
-    strategy: str = MISSING
-    num_nodes: int = MISSING
-    precision: str = MISSING
-    progress_bar: bool = MISSING
+    trainer: TrainerConfig = MISSING
     logger: str = MISSING
     torch_threads: int | None = None
 
@@ -456,6 +466,11 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "retrain") -> 
             cfg = compose(config_name=config_name, overrides=list(overrides))
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def config_from_container(config: Mapping[str, Any]) -> DictConfig:
+    """A resolved retrain config given as plain data (e.g. a flow parameter) back under its schema."""
+    return OmegaConf.merge(OmegaConf.structured(RetrainConfig), config)
 
 
 def typed(node: DictConfig) -> Any:

@@ -37,7 +37,7 @@ def command(logs_dir: Path, db_path: Path | None, as_json: bool, overrides: tupl
     from hydra.errors import HydraException
 
     from ebr.flows.ingest import ingest
-    from ebr.ingestion.ingest import IngestError
+    from ebr.ingestion.errors import IngestError
 
     try:
         summary = ingest(

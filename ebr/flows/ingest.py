@@ -18,7 +18,9 @@ from prefect.cache_policies import NO_CACHE
 
 from ebr import home
 from ebr.config import load_config
-from ebr.ingestion.ingest import DatabaseUnavailableError, IngestError, IngestResult, ingest_logs
+from ebr.ingestion.errors import DatabaseUnavailableError, IngestError
+from ebr.ingestion.ingest import ingest_logs
+from ebr.ingestion.results import IngestResult
 from ebr.runs import start_run
 
 

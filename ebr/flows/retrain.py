@@ -28,7 +28,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from ebr import home
-from ebr.config import load_config
+from ebr.config import config_from_container, load_config
 from ebr.evaluation.gate import GateFailedError, GateResult
 from ebr.ingestion.ingest import ingest_logs
 from ebr.io import atomic_write_text
@@ -187,6 +187,7 @@ def retrain(
     publish: bool = True,
     resume: str | None = None,
     overrides: list[str] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Retrain the towers on the logs and publish a new index version if the recall gate passes.
 
@@ -195,9 +196,13 @@ def retrain(
     easy_hard_ratio: mining.easy_hard_ratio. epochs: train.epochs.
     gate_floor: the recall floor of every vertical. publish: publish when the gate passes.
     resume: a run id to resume from its last finished step. overrides: any Hydra overrides (key=value).
+    config: a whole resolved config (the Hydra entry point's), instead of the parameters above.
     """
     params = parameter_overrides(scale, logs_dir, margin, easy_hard_ratio, epochs, gate_floor)
-    cfg = load_config(params + list(overrides or []))
+    params += list(overrides or [])
+    if config is not None and params:
+        raise ValueError(f"retrain: give either a config or parameters, not both (got {params})")
+    cfg = config_from_container(config) if config is not None else load_config(params)
     return run_retrain(cfg, publish=publish, run_id=resume)
 
 
@@ -314,9 +319,8 @@ def main(cfg: DictConfig) -> dict[str, Any] | float:
 
     hydra_cfg = HydraConfig.get()
     publish = cfg.publish if cfg.publish is not None else hydra_cfg.mode != RunMode.MULTIRUN
-    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("publish=")]
     try:
-        report = retrain(publish=bool(publish), overrides=overrides)
+        report = retrain(publish=bool(publish), config=OmegaConf.to_container(cfg, resolve=True))
     except GateFailedError as exc:
         report = exc.report
     atomic_write_text(Path(hydra_cfg.runtime.output_dir) / "report.json", json.dumps(report, default=str))

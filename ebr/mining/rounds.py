@@ -27,7 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ebr.contracts.mined import MinedContractError, MinedPromise, validate_mined
 from ebr.io import atomic_write_text
-from ebr.mining import mine
+from ebr.mining.hard import Embedded, offline_hard_negatives
+from ebr.mining.negatives import ExcludedDocs, empty_negatives, mix, random_negatives, same_query_clicks
+from ebr.mining.positives import POSITIVE_STRATEGIES, positives
+from ebr.mining.stats import HardNegativeStats
 from ebr.mining.store import save_round
 from ebr.models.features import FeatureSet, Split
 from ebr.runners import SERIAL, Shards
@@ -64,10 +67,8 @@ def check_config(mcfg: DictConfig) -> None:
         raise ValueError(f"mining.negatives must be one of {NEGATIVE_STRATEGIES}, got {mcfg.negatives!r}")
     if mcfg.transfer not in TRANSFERS:
         raise ValueError(f"mining.transfer must be one of {TRANSFERS}, got {mcfg.transfer!r}")
-    if mcfg.positives not in mine.POSITIVE_STRATEGIES:
-        raise ValueError(
-            f"mining.positives must be one of {mine.POSITIVE_STRATEGIES}, got {mcfg.positives!r}"
-        )
+    if mcfg.positives not in POSITIVE_STRATEGIES:
+        raise ValueError(f"mining.positives must be one of {POSITIVE_STRATEGIES}, got {mcfg.positives!r}")
     if mcfg.negatives == "mixed" and not 0 < float(mcfg.easy_hard_ratio) < math.inf:
         raise ValueError(f"mining.easy_hard_ratio must be a positive number, got {mcfg.easy_hard_ratio}")
     if int(mcfg.rounds) < 0:
@@ -89,16 +90,16 @@ def promise(mcfg: DictConfig, negatives: str) -> MinedPromise:
 
 def embed_for_mining(
     checkpoint: Path, features: FeatureSet, shards: Shards, session_ids: np.ndarray
-) -> tuple[mine.Embedded, mine.Embedded]:
+) -> tuple[Embedded, Embedded]:
     """Query embeddings of `session_ids` and document embeddings of every document with a trained model."""
     from ebr.models.training import embed_documents, embed_queries, load_module
 
     module = load_module(checkpoint)
     rows = features.session_rows(session_ids)
-    queries = mine.Embedded(
+    queries = Embedded(
         np.asarray(session_ids, np.int64), embed_queries(module, features, rows, shards=shards)
     )
-    docs = mine.Embedded(features.doc_ids, embed_documents(module, features, shards=shards))
+    docs = Embedded(features.doc_ids, embed_documents(module, features, shards=shards))
     return queries, docs
 
 
@@ -107,7 +108,7 @@ def mine_table(
     cfg: DictConfig,
     split: Split,
     round_: int,
-    embed: Callable[[np.ndarray], tuple[mine.Embedded, mine.Embedded]] | None = None,
+    embed: Callable[[np.ndarray], tuple[Embedded, Embedded]] | None = None,
     shards: Shards = SERIAL,
 ) -> MinedTable:
     """Mine one table and validate it; `embed(session_ids) -> (queries, documents)` enables hard negatives.
@@ -121,23 +122,21 @@ def mine_table(
     start = time.perf_counter()
     train_ids = split.train_session_ids
     with _read_logs(db_path) as con:
-        pos = mine.positives(con, train_ids, mcfg.positives, float(mcfg.hard_positive_window_minutes))
+        pos = positives(con, train_ids, mcfg.positives, float(mcfg.hard_positive_window_minutes))
         documents = con.execute("SELECT doc_id, vertical FROM documents").df()
-        easy = mine.random_negatives(pos, documents, int(mcfg.random_per_positive), seed)
+        easy = random_negatives(pos, documents, int(mcfg.random_per_positive), seed)
         hard_stats = None
         if negatives_kind == "random":
             negatives = easy
         else:
             sessions = np.unique(pos["session_id"].to_numpy(np.int64))
-            excluded = (
-                mine.same_query_clicks(con, train_ids, sessions) if mcfg.exclude_same_query_clicks else None
-            )
+            excluded = same_query_clicks(con, train_ids, sessions) if mcfg.exclude_same_query_clicks else None
             embedded = embed(sessions)
             hard, hard_stats = _hard_negatives(
                 pos, documents, embedded, mcfg, excluded, seed + round_, shards
             )
             ratio = float(mcfg.easy_hard_ratio) if negatives_kind == "mixed" else 0.0
-            negatives = mine.mix(easy, hard, ratio, seed + round_)
+            negatives = mix(easy, hard, ratio, seed + round_)
         max_positives = _max_positives(con, train_ids)
         mined_seconds = time.perf_counter() - start
         contracts = validate_mined(
@@ -171,25 +170,25 @@ def _read_logs(db_path: Path) -> duckdb.DuckDBPyConnection:
 def _hard_negatives(
     pos: pd.DataFrame,
     documents: pd.DataFrame,
-    embedded: tuple[mine.Embedded, mine.Embedded],
+    embedded: tuple[Embedded, Embedded],
     mcfg: DictConfig,
-    excluded: mine.ExcludedDocs | None,
+    excluded: ExcludedDocs | None,
     seed: int,
     shards: Shards,
-) -> tuple[pd.DataFrame, mine.HardNegativeStats]:
+) -> tuple[pd.DataFrame, HardNegativeStats]:
     """Offline hard negatives, one ANN index per vertical (the document pool of the vertical)."""
     queries, docs = embedded
     doc_vertical = documents.set_index("doc_id")["vertical"].reindex(docs.ids).to_numpy()
-    frames, stats = [], mine.HardNegativeStats(window=tuple(mcfg.hard.window))
+    frames, stats = [], HardNegativeStats(window=tuple(mcfg.hard.window))
     for vertical in sorted(documents["vertical"].unique()):
         vpos = pos[pos["vertical"] == vertical]
         in_vertical = doc_vertical == vertical
         if vpos.empty or not in_vertical.any():
             continue
         q_keep = np.isin(queries.ids, vpos["session_id"].to_numpy(np.int64))
-        frame, vstats = mine.offline_hard_negatives(
-            mine.Embedded(queries.ids[q_keep], queries.vectors[q_keep]),
-            mine.Embedded(docs.ids[in_vertical], docs.vectors[in_vertical]),
+        frame, vstats = offline_hard_negatives(
+            Embedded(queries.ids[q_keep], queries.vectors[q_keep]),
+            Embedded(docs.ids[in_vertical], docs.vectors[in_vertical]),
             vpos,
             window=(int(mcfg.hard.window[0]), int(mcfg.hard.window[1])),
             per_positive=hard_per_positive(mcfg),
@@ -206,7 +205,7 @@ def _hard_negatives(
         )
         frames.append(frame)
         stats = stats + vstats
-    hard = pd.concat(frames, ignore_index=True) if frames else mine.empty_negatives()
+    hard = pd.concat(frames, ignore_index=True) if frames else empty_negatives()
     return hard, stats
 
 
@@ -329,7 +328,7 @@ def format_stage(stage: dict[str, Any]) -> str:
         + ("passed" if all(stage["contracts"].values()) else "FAILED")
     ]
     if stage.get("hard_negatives"):
-        lines.append(mine.HardNegativeStats.from_dict(stage["hard_negatives"]).format())
+        lines.append(HardNegativeStats.from_dict(stage["hard_negatives"]).format())
     if stage.get("training"):
         t = stage["training"]
         lines.append(

@@ -16,7 +16,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from ebr.mining.mine import NEGATIVE_COLUMNS, POSITIVE_COLUMNS
+from ebr.mining.negatives import NEGATIVE_COLUMNS
+from ebr.mining.positives import POSITIVE_COLUMNS
 
 DDL = (
     """CREATE TABLE IF NOT EXISTS mined_runs (

@@ -1,4 +1,4 @@
-"""Training triplets from a mined table (ebr/mining/mine.py): each mined positive with its mined negatives.
+"""Training triplets from a mined table (ebr/mining/rounds.py): each mined positive with its mined negatives.
 
 Where ebr/models/datamodule.py draws random negatives afresh every batch, this trains on the validated mined
 table as written: the positives (clicks, impressions, hard positives) and, per positive, its easy and hard
@@ -73,7 +73,7 @@ class MinedTripletCollator:
 class MinedTripletDataModule(L.LightningDataModule):
     """Shuffled (seeded) batches over the mined positives; one pass per epoch.
 
-    positives: session_id, doc_id; negatives: session_id, positive_doc_id, doc_id (ebr/mining/mine.py).
+    positives: session_id, doc_id; negatives: session_id, positive_doc_id, doc_id (ebr/mining/rounds.py).
     """
 
     def __init__(

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ebr.io import atomic_write_bytes, sha256_file
+from ebr.io import atomic_write_bytes, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class FrozenEncoder:
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def save(self, folder: Path) -> None:
-        (folder / "pretrained.json").write_text(json.dumps(self.ref.to_dict(), indent=2))
+        atomic_write_text(folder / "pretrained.json", json.dumps(self.ref.to_dict(), indent=2))
 
     @classmethod
     def load(cls, folder: Path) -> FrozenEncoder | None:

@@ -19,6 +19,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -190,7 +191,7 @@ def train_tower(
 
     init_from: a checkpoint whose parameters of matching name and shape initialise the model (transfer
     learning). mined: optional (session_id, doc_id) negatives added to the random ones (train.mined_negatives
-    per positive). triplets: (positives, negatives) of a validated mined round (ebr/mining/mine.py), used
+    per positive). triplets: (positives, negatives) of a validated mined round (ebr/mining/rounds.py), used
     as they are, instead of the logged positives and per-batch random negatives (ebr/models/mined_data.py).
     shards: where the training's progress goes."""
     tcfg = train_settings(cfg, variant(cfg, name))
@@ -224,20 +225,13 @@ def train_tower(
         dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0, enable_version_counter=False
     )
     steps = training_steps(tcfg, data.n_pairs)
-    trainer = L.Trainer(
+    trainer: L.Trainer = instantiate(  # train.trainer: Lightning's Trainer as configured
+        tcfg.trainer,
         max_steps=steps,
         max_epochs=-1,
-        accelerator=str(tcfg.accelerator),
-        devices=tcfg.devices,
-        strategy=str(tcfg.strategy),
-        num_nodes=int(tcfg.num_nodes),
-        precision=tcfg.precision,
-        enable_progress_bar=bool(tcfg.progress_bar),
-        enable_model_summary=False,
         logger=_logger(str(tcfg.logger), out_dir),
         callbacks=[checkpoints, TrainingProgress(f"train {name}", shards)],
         default_root_dir=out_dir,
-        log_every_n_steps=10,
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
@@ -273,7 +267,8 @@ def train_tower(
 
 
 def _steps_per_epoch(tcfg: DictConfig, n_pairs: int) -> int:
-    processes = int(tcfg.devices) * int(tcfg.num_nodes) if str(tcfg.devices).isdigit() else 1
+    devices, nodes = tcfg.trainer.devices, int(tcfg.trainer.num_nodes)
+    processes = int(devices) * nodes if str(devices).isdigit() else 1
     return max(math.ceil(n_pairs / (int(tcfg.batch_size) * processes)), 1)
 
 

@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ebr.retrieval.config import EngineConfig
+from ebr.retrieval.documents import UpdateError
 from ebr.retrieval.executor import QueryTimeoutError
-from ebr.retrieval.index import UpdateError
 from ebr.retrieval.service import HotSwapper, SearchError, SearchRequest
 
 Vector = list[float]

@@ -20,7 +20,8 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
-from ebr.retrieval.index import EngineIndex, TermsInput
+from ebr.retrieval.documents import TermsInput
+from ebr.retrieval.index import EngineIndex
 from ebr.retrieval.quantized import NNField
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 ADD_BLOCK = 65_536
 
 
-def build_index(
+def build_engine_index(
     doc_ids: np.ndarray,
     doc_terms: Sequence[TermsInput],
     embeddings: Mapping[str, np.ndarray],
@@ -99,7 +100,7 @@ def build_engine(engine_dir: Path, trained: Mapping[str, faiss.Index]) -> Path:
         for key in trained
         if (version_dir / "embeddings" / f"{key}.npy").is_file()
     }
-    index = build_index(doc_ids, doc_terms, embeddings, trained)
+    index = build_engine_index(doc_ids, doc_terms, embeddings, trained)
     engine_dir.mkdir(parents=True, exist_ok=True)
     if any(engine_dir.iterdir()):
         raise FileExistsError(f"{engine_dir}: not empty; an engine folder is written once")

@@ -1,4 +1,4 @@
-"""Planning and evaluation of a parsed expression over an EngineIndex.
+"""Planning and evaluation of a parsed expression over an index (its read side, IndexReader).
 
 Every node is evaluated against the set of documents still allowed by its context: `eval(node, allowed)`
 returns node ∩ allowed, so an (and) hands each child the intersection of the children before it. The planner
@@ -40,7 +40,6 @@ import faiss
 import numpy as np
 
 from ebr.config import BM25Params, PlannerCosts, engine_defaults
-from ebr.retrieval.index import EngineIndex
 from ebr.retrieval.quantized import NNField, Probe
 from ebr.retrieval.query import (
     NN,
@@ -58,6 +57,7 @@ from ebr.retrieval.query import (
     scored_terms,
     vector_nodes,
 )
+from ebr.retrieval.reader import IndexReader
 from ebr.retrieval.scoring import bm25_scores, fuse_linear, fuse_rrf
 
 ORDERS = ("score", "doc_id")
@@ -117,7 +117,7 @@ class Hits:
         ]
 
 
-def check_executable(index: EngineIndex, root: Node) -> list[NN | Rerank]:
+def check_executable(index: IndexReader, root: Node) -> list[NN | Rerank]:
     """The operators of `root` that need a query embedding (nn, rerank); ExecutionError for an unknown key
     or an unexpanded $text / $anytext."""
     stack = [root]
@@ -135,7 +135,7 @@ def check_executable(index: EngineIndex, root: Node) -> list[NN | Rerank]:
 
 
 def execute(
-    index: EngineIndex,
+    index: IndexReader,
     root: Node,
     vectors: Mapping[str, np.ndarray],
     *,
@@ -187,7 +187,7 @@ class _Run:
 
     def __init__(
         self,
-        index: EngineIndex,
+        index: IndexReader,
         vectors: Mapping[str, np.ndarray],
         deadline: float | None,
         costs: PlannerCosts,

@@ -1,19 +1,8 @@
-"""The engine's index: term dictionary, posting lists, documents and the quantised embedding fields.
+"""The engine's index, `EngineIndex`: built from documents, changed in place, compacted, saved and loaded.
 
-Documents get dense internal ids. A snapshot (the `engine/` folder of a version, or a compacted state) holds
-every live document in compressed-sparse-row arrays: postings (term -> sorted internal ids) and the forward
-index (document -> term ids). Realtime changes never edit those arrays: a new document version gets a fresh
-internal id (ids only grow, so appended postings stay sorted), its terms go to per-term delta postings, and
-the old version is marked dead and removed from the faiss lists. `compacted()` folds everything into a new
-dense snapshot. Posting lists may therefore contain dead ids; the executor drops them from final results
-(and/or/not commute with that filter, nn scans never see them).
-
-A document's term may carry a payload, a float32 (a term weight, a static score, ...). Payloads live in one
-array aligned with the postings (NaN: this posting has none), which exists only when some term has one: an
-index without payloads stores and costs exactly what it did before they existed. The payload of a `text:`
-term is its frequency in the document (1 without a payload; see `frequencies`); the index keeps each
-document's text length (the sum of those frequencies), computed from the postings when it is built or
-loaded, for BM25 (ebr/retrieval/scoring.py).
+Its look-ups are those of `IndexReader` (ebr/retrieval/reader.py). A change (ebr/retrieval/documents.py)
+appends a new document version under a fresh internal id and marks the old one dead; `compacted()` folds
+everything into a new dense snapshot.
 
 Folder format (written by `save`, read by `load`):
     meta.json                 format (1; 2 when postings_payloads.npy exists), counts, keys
@@ -29,135 +18,37 @@ Folder format (written by `save`, read by `load`):
 
 from __future__ import annotations
 
-import bisect
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ebr.retrieval.documents import (
+    Change,
+    Delete,
+    Document,
+    DocumentExistsError,
+    DocumentNotFoundError,
+    TermsInput,
+    Update,
+    UpdateError,
+    check_doc_id,
+    document_term,
+    frequencies,
+    parse_terms,
+    unit_vector,
+)
 from ebr.retrieval.quantized import NNField
-from ebr.retrieval.terms import TEXT_PREFIX, normalize_term
+from ebr.retrieval.reader import IndexReader
+from ebr.retrieval.segment import Growable, csr_pair
+from ebr.retrieval.terms import TEXT_PREFIX
 
 FORMATS = (1, 2)  # 1: no payloads; 2: with postings_payloads.npy
-CLUSTER_FIELD_PREFIX = "nn."
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-_TEXT_END = TEXT_PREFIX[:-1] + ";"  # sorts right after every `text:` term (';' follows ':')
-
-# A document's terms: "field:value" strings and (term, payload) pairs, or a mapping term -> payload or None
-TermsInput = Iterable[str | tuple[str, float | None]] | Mapping[str, float | None]
 
 
-class UpdateError(ValueError):
-    """An update that cannot be applied; `status` is the HTTP status that describes it."""
-
-    status = 400
-
-
-class DocumentExistsError(UpdateError):
-    status = 409
-
-
-class DocumentNotFoundError(UpdateError):
-    status = 404
-
-
-class _Growable:
-    """An append-only numpy array (amortised doubling)."""
-
-    def __init__(self, dtype: np.dtype | type, initial: np.ndarray | None = None):
-        initial = np.empty(0, dtype=dtype) if initial is None else np.asarray(initial, dtype=dtype)
-        self._buf = np.empty(max(16, 2 * len(initial)), dtype=dtype)
-        self._buf[: len(initial)] = initial
-        self._n = len(initial)
-
-    def append(self, value: object) -> None:
-        if self._n == len(self._buf):
-            bigger = np.empty(2 * len(self._buf), dtype=self._buf.dtype)
-            bigger[: self._n] = self._buf[: self._n]
-            self._buf = bigger
-        self._buf[self._n] = value
-        self._n += 1
-
-    def __len__(self) -> int:
-        return self._n
-
-    def view(self) -> np.ndarray:
-        return self._buf[: self._n]
-
-
-@dataclass
-class Document:
-    """A validated document version: normalised terms, their payloads (float32 values, only the terms that
-    carry one) and unit-length embeddings per key."""
-
-    doc_id: int
-    terms: list[str]
-    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
-    payloads: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class Update:
-    """A validated change of a document: terms (with their payloads) replaced when given, embeddings
-    replaced per given key."""
-
-    doc_id: int
-    terms: list[str] | None
-    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
-    payloads: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Delete:
-    doc_id: int
-
-
-Change = Document | Update | Delete
-
-
-class EngineIndex:
-    """Term postings, forward index, documents and nn fields, with in-place realtime changes."""
-
-    def __init__(
-        self,
-        doc_ids: np.ndarray,
-        terms: list[str],
-        postings_offsets: np.ndarray,
-        postings: np.ndarray,
-        payloads: np.ndarray | None,
-        forward_offsets: np.ndarray,
-        forward: np.ndarray,
-        fields: dict[str, NNField],
-    ):
-        self.terms = list(terms)
-        self.term_ids = {t: i for i, t in enumerate(self.terms)}
-        self.fields = fields
-        self._base_count = len(doc_ids)
-        self._postings_offsets = postings_offsets
-        self._postings = postings
-        self._payloads = payloads  # float32 aligned with postings (NaN: none), or None: no payload at all
-        self._forward_offsets = forward_offsets
-        self._forward = forward
-        self._doc_ids = _Growable(np.int64, doc_ids)
-        self._live = _Growable(np.bool_, np.ones(len(doc_ids), dtype=bool))
-        lengths = _text_lengths(self.terms, postings_offsets, postings, payloads, len(doc_ids))
-        self._text_lengths = _Growable(np.float64, lengths)
-        self._mean_text_length: float | None = None
-        order = np.argsort(doc_ids, kind="stable")
-        self._base_sorted_doc_ids = doc_ids[order]
-        self._base_sorted_internal = order.astype(np.int64)
-        if len(doc_ids) and np.any(np.diff(self._base_sorted_doc_ids) == 0):
-            dup = self._base_sorted_doc_ids[np.flatnonzero(np.diff(self._base_sorted_doc_ids) == 0)[0]]
-            raise ValueError(f"doc_id {int(dup)} appears twice")
-        self._delta: dict[int, _Growable] = {}
-        self._delta_payloads: dict[int, _Growable] = {}  # aligned with _delta[tid], once a payload arrives
-        self._delta_forward: dict[int, np.ndarray] = {}
-        self._overlay: dict[int, int] = {}  # doc id -> current internal id, -1 when deleted
-        self._dead = 0
-        self._universe: np.ndarray | None = None
+class EngineIndex(IndexReader):
+    """An IndexReader that is built, changed in place (realtime changes), compacted and written."""
 
     # ----- construction
     @classmethod
@@ -201,177 +92,7 @@ class EngineIndex:
         if pair_payloads:
             payloads = np.full(len(pair_terms), np.nan, dtype=np.float32)
             payloads[list(pair_payloads)] = list(pair_payloads.values())
-        return cls(doc_ids, vocab, *_csr_pair(docs, tids, len(doc_ids), len(vocab), payloads), fields)
-
-    # ----- documents
-    @property
-    def internal_count(self) -> int:
-        return len(self._doc_ids)
-
-    @property
-    def live_count(self) -> int:
-        return len(self._doc_ids) - self._dead
-
-    @property
-    def dead_count(self) -> int:
-        return self._dead
-
-    @property
-    def doc_ids(self) -> np.ndarray:
-        """Internal id -> doc id (dead versions included)."""
-        return self._doc_ids.view()
-
-    @property
-    def live_mask(self) -> np.ndarray:
-        return self._live.view()
-
-    def internal_id(self, doc_id: int) -> int | None:
-        """The internal id of the live version of `doc_id`, or None."""
-        if doc_id in self._overlay:
-            internal = self._overlay[doc_id]
-            return None if internal < 0 else internal
-        pos = int(np.searchsorted(self._base_sorted_doc_ids, doc_id))
-        if pos < len(self._base_sorted_doc_ids) and self._base_sorted_doc_ids[pos] == doc_id:
-            return int(self._base_sorted_internal[pos])
-        return None
-
-    def universe(self) -> np.ndarray:
-        """Sorted internal ids of every live document."""
-        if self._universe is None:
-            self._universe = np.flatnonzero(self._live.view()).astype(np.int64)
-        return self._universe
-
-    @property
-    def text_lengths(self) -> np.ndarray:
-        """Internal id -> the sum of the frequencies of the document's `text:` terms (float64)."""
-        return self._text_lengths.view()
-
-    @property
-    def mean_text_length(self) -> float:
-        """The mean text length of the live documents (0 when there is none), cached until a change."""
-        if self._mean_text_length is None:
-            live = self.universe()
-            self._mean_text_length = float(self.text_lengths[live].mean()) if len(live) else 0.0
-        return self._mean_text_length
-
-    def document_terms(self, internal: int) -> list[str]:
-        if internal in self._delta_forward:
-            tids = self._delta_forward[internal]
-        else:
-            tids = self._forward[self._forward_offsets[internal] : self._forward_offsets[internal + 1]]
-        return [self.terms[t] for t in tids]
-
-    def document_payloads(self, internal: int) -> dict[str, float]:
-        """The payloads of a document's terms (only the terms that carry one)."""
-        if self._payloads is None and not self._delta_payloads:
-            return {}
-        if internal in self._delta_forward:
-            tids = self._delta_forward[internal]
-        else:
-            tids = self._forward[self._forward_offsets[internal] : self._forward_offsets[internal + 1]]
-        out = {}
-        for tid in tids.tolist():
-            value = self._payload_at(tid, internal)
-            if not math.isnan(value):
-                out[self.terms[tid]] = value
-        return out
-
-    def _payload_at(self, tid: int, internal: int) -> float:
-        """The payload of term `tid` in document `internal`, which holds it (NaN: none)."""
-        if internal < self._base_count:  # base documents are in the base postings only, new ones in deltas
-            if self._payloads is None:
-                return math.nan
-            lo, hi = self._base_range(tid)
-            return float(self._payloads[lo + int(np.searchsorted(self._postings[lo:hi], internal))])
-        payloads = self._delta_payloads.get(tid)
-        if payloads is None:
-            return math.nan
-        return float(payloads.view()[int(np.searchsorted(self._delta[tid].view(), internal))])
-
-    def document_keys(self, internal: int) -> list[str]:
-        return sorted(k for k, f in self.fields.items() if f.contains(internal))
-
-    # ----- postings
-    @property
-    def has_payloads(self) -> bool:
-        """Whether some posting carries a payload (dead versions included)."""
-        return self._payloads is not None or bool(self._delta_payloads)
-
-    def _base_range(self, tid: int) -> tuple[int, int]:
-        """The slice of the base postings of term id `tid` (empty for terms new since the snapshot)."""
-        if tid < len(self._postings_offsets) - 1:
-            return int(self._postings_offsets[tid]), int(self._postings_offsets[tid + 1])
-        return 0, 0
-
-    def posting(self, term: str) -> np.ndarray:
-        """Sorted internal ids holding `term` (may include dead versions). Cluster terms read faiss lists."""
-        tid = self.term_ids.get(term)
-        if tid is None:
-            return self._cluster_posting(term)
-        lo, hi = self._base_range(tid)
-        delta = self._delta.get(tid)
-        base = self._postings[lo:hi]
-        return base if delta is None else np.concatenate([base, delta.view()])
-
-    def posting_payloads(self, term: str) -> np.ndarray:
-        """float32 payloads aligned with `posting(term)`, NaN where none (cluster terms: all)."""
-        tid = self.term_ids.get(term)
-        if tid is None:
-            return np.full(self.posting_size(term), np.nan, dtype=np.float32)
-        lo, hi = self._base_range(tid)
-        base = self._payloads[lo:hi] if self._payloads is not None else np.full(hi - lo, np.nan, np.float32)
-        delta = self._delta.get(tid)
-        if delta is None:
-            return base
-        payloads = self._delta_payloads.get(tid)
-        extra = payloads.view() if payloads is not None else np.full(len(delta), np.nan, dtype=np.float32)
-        return np.concatenate([base, extra])
-
-    def term_payloads(self, term: str, ids: np.ndarray) -> np.ndarray:
-        """float32 payload of `term` in each of the documents `ids` (NaN: not held, or held without one)."""
-        out = np.full(len(ids), np.nan, dtype=np.float32)
-        if not self.has_payloads or term not in self.term_ids:
-            return out
-        held, pos = self._held(term, ids)
-        out[held] = self.posting_payloads(term)[pos[held]]
-        return out
-
-    def term_frequencies(self, term: str, ids: np.ndarray) -> np.ndarray:
-        """float64 frequency of the `text:` term `term` in each of the documents `ids` (0: not held)."""
-        out = np.zeros(len(ids))
-        held, pos = self._held(term, ids)
-        out[held] = frequencies(self.posting_payloads(term)[pos[held]])
-        return out
-
-    def _held(self, term: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Which of `ids` hold `term`, and their positions in `posting(term)`."""
-        posting = self.posting(term)
-        if len(posting) == 0:
-            return np.zeros(len(ids), dtype=bool), np.zeros(len(ids), dtype=np.int64)
-        pos = np.minimum(np.searchsorted(posting, ids), len(posting) - 1)
-        return posting[pos] == ids, pos
-
-    def live_document_frequency(self, term: str) -> int:
-        """How many live documents hold `term`."""
-        posting = self.posting(term)
-        return int(np.count_nonzero(self.live_mask[posting])) if self._dead else len(posting)
-
-    def posting_size(self, term: str) -> int:
-        tid = self.term_ids.get(term)
-        if tid is None:
-            return len(self._cluster_posting(term))
-        lo, hi = self._base_range(tid)
-        delta = self._delta.get(tid)
-        return hi - lo + (0 if delta is None else len(delta))
-
-    def _cluster_posting(self, term: str) -> np.ndarray:
-        fieldname, _, value = term.partition(":")
-        nn_field = cluster_field(self.fields, fieldname)
-        if nn_field is not None and value.isdigit():
-            list_no = int(value)
-            if list_no < nn_field.nlist:
-                return nn_field.cluster_postings(list_no)
-        return np.empty(0, dtype=np.int64)
+        return cls(doc_ids, vocab, *csr_pair(docs, tids, len(doc_ids), len(vocab), payloads), fields)
 
     # ----- validation of changes
     def check_document(
@@ -479,11 +200,11 @@ class EngineIndex:
             tids.append(tid)
             delta = self._delta.get(tid)
             if delta is None:
-                delta = self._delta[tid] = _Growable(np.int64)
+                delta = self._delta[tid] = Growable(np.int64)
             delta_payloads = self._delta_payloads.get(tid)
             if delta_payloads is None and term in payloads:
                 backfill = np.full(len(delta), np.nan, dtype=np.float32)
-                delta_payloads = self._delta_payloads[tid] = _Growable(np.float32, backfill)
+                delta_payloads = self._delta_payloads[tid] = Growable(np.float32, backfill)
             delta.append(internal)
             if delta_payloads is not None:
                 delta_payloads.append(payloads.get(term, np.nan))
@@ -543,7 +264,7 @@ class EngineIndex:
         return EngineIndex(
             self.doc_ids[live],
             vocab,
-            *_csr_pair(doc_col, remap[tid_col], len(live), len(vocab), pay_col),
+            *csr_pair(doc_col, remap[tid_col], len(live), len(vocab), pay_col),
             fields,
         )
 
@@ -593,140 +314,3 @@ class EngineIndex:
             np.load(folder / "forward.npy"),
             fields,
         )
-
-    def memory_bytes(self) -> dict[str, int]:
-        """Bytes held by each part of the index (numpy arrays and faiss codes; Python dicts excluded)."""
-        arrays = {
-            "postings": self._postings.nbytes
-            + self._postings_offsets.nbytes
-            + (0 if self._payloads is None else self._payloads.nbytes),
-            "forward": self._forward.nbytes + self._forward_offsets.nbytes,
-            "documents": self.doc_ids.nbytes
-            + self.live_mask.nbytes
-            + self.text_lengths.nbytes
-            + self._base_sorted_doc_ids.nbytes
-            + self._base_sorted_internal.nbytes,
-        }
-        arrays.update({f"nn.{key}": f.memory_bytes() for key, f in self.fields.items()})
-        return arrays
-
-
-def _csr_pair(
-    docs: np.ndarray, tids: np.ndarray, n_docs: int, n_terms: int, payloads: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
-    """Postings (term-major, with their payloads if any) and forward (doc-major) CSR arrays from
-    (doc, term id, payload) triples."""
-    by_term = np.lexsort((docs, tids))
-    postings_offsets = np.zeros(n_terms + 1, dtype=np.int64)
-    np.cumsum(np.bincount(tids, minlength=n_terms), out=postings_offsets[1:])
-    by_doc = np.lexsort((tids, docs))
-    forward_offsets = np.zeros(n_docs + 1, dtype=np.int64)
-    np.cumsum(np.bincount(docs, minlength=n_docs), out=forward_offsets[1:])
-    return (
-        postings_offsets,
-        docs[by_term].astype(np.int64),
-        None if payloads is None else payloads[by_term].astype(np.float32),
-        forward_offsets,
-        tids[by_doc].astype(np.int32),
-    )
-
-
-def _text_lengths(
-    terms: list[str], postings_offsets: np.ndarray, postings: np.ndarray, payloads: np.ndarray | None, n: int
-) -> np.ndarray:
-    """Per document, the sum of the frequencies of its `text:` terms, from the postings of the sorted
-    `terms` (the `text:` terms are one range of them)."""
-    lo, hi = (int(postings_offsets[bisect.bisect_left(terms, t)]) for t in (TEXT_PREFIX, _TEXT_END))
-    weights = np.ones(hi - lo) if payloads is None else frequencies(payloads[lo:hi])
-    return np.bincount(postings[lo:hi], weights=weights, minlength=n)
-
-
-def frequencies(payloads: np.ndarray) -> np.ndarray:
-    """float64 term frequencies of `text:` postings from their payloads: the payload (below 0: 0), 1 where
-    there is none."""
-    values = payloads.astype(np.float64)
-    return np.where(np.isnan(values), 1.0, np.maximum(values, 0.0))
-
-
-def cluster_field(fields: Mapping[str, NNField], fieldname: str) -> NNField | None:
-    """The nn field a cluster-term field `nn.<key>` names (terms are case-folded, keys may not be)."""
-    if not fieldname.startswith(CLUSTER_FIELD_PREFIX):
-        return None
-    key = fieldname[len(CLUSTER_FIELD_PREFIX) :]
-    return next((f for k, f in fields.items() if k.casefold() == key), None)
-
-
-def document_term(raw: str) -> str:
-    """A normalised document term; the cluster-term fields `nn.<key>` are reserved for the nn fields."""
-    term = normalize_term(raw)
-    if term.startswith(CLUSTER_FIELD_PREFIX):
-        raise ValueError(f"term {raw!r} uses the reserved field prefix {CLUSTER_FIELD_PREFIX!r}")
-    return term
-
-
-def parse_terms(terms: TermsInput) -> tuple[list[str], dict[str, float]]:
-    """Normalised terms (first occurrence order) and the float32 payloads of those that carry one.
-
-    `terms` is a list of "field:value" strings and (term, payload) pairs, or a mapping term -> payload
-    (None: no payload). A term repeated with another payload is an error.
-    """
-    if isinstance(terms, str):
-        raise ValueError("terms must be a list of strings or [term, payload] pairs, not one string")
-    items = terms.items() if isinstance(terms, Mapping) else (_term_item(t) for t in terms)
-    names: dict[str, float | None] = {}
-    for raw, payload in items:
-        if not isinstance(raw, str):
-            raise ValueError(f"term {raw!r} is not a string")
-        term = document_term(raw)
-        value = None if payload is None else _payload(term, payload)
-        if term in names and names[term] != value:
-            raise ValueError(f"term {term!r} is given twice, with payloads {names[term]} and {value}")
-        names[term] = value
-    return list(names), {t: v for t, v in names.items() if v is not None}
-
-
-def _term_item(item: object) -> tuple[object, object]:
-    if isinstance(item, (list, tuple)):
-        if len(item) != 2:
-            raise ValueError(f"term {item!r} is not a string or a [term, payload] pair")
-        return item[0], item[1]
-    return item, None
-
-
-def _payload(term: str, value: object) -> float:
-    """A payload as the float32 value stored, or ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"payload of term {term!r} must be a number, got {value!r}")
-    if not math.isfinite(float(value)) or abs(float(value)) > _FLOAT32_MAX:
-        raise ValueError(f"payload of term {term!r} must be a finite float32, got {value!r}")
-    return float(np.float32(value))
-
-
-def check_doc_id(doc_id: object) -> int:
-    """`doc_id` as an int, or UpdateError when it is not a 64-bit integer."""
-    if isinstance(doc_id, bool) or not isinstance(doc_id, (int, np.integer)):
-        raise UpdateError(f"doc_id {doc_id!r} is not an integer")
-    if not -(2**63) <= int(doc_id) < 2**63:
-        raise UpdateError(f"doc_id {doc_id} does not fit in 64 bits")
-    return int(doc_id)
-
-
-def _unit(vector: np.ndarray, d: int, what: str, error: type[Exception]) -> np.ndarray:
-    """`vector` scaled to unit length, or `error` naming what is wrong with it."""
-    if vector.shape != (d,):
-        raise error(f"{what} has {vector.size} dimensions, the index has {d}")
-    if not np.all(np.isfinite(vector)):
-        raise error(f"{what} has NaN or infinite values")
-    norm = float(np.linalg.norm(vector.astype(np.float64)))
-    if norm == 0.0 or not math.isfinite(norm):
-        raise error(f"{what} has norm 0 and no direction")
-    return (vector / norm).astype(np.float32)
-
-
-def unit_vector(values: object, d: int, what: str, error: type[Exception]) -> np.ndarray:
-    """Validate and normalise one query or document vector (public for the service)."""
-    try:
-        vector = np.asarray(values, dtype=np.float32).reshape(-1)
-    except (TypeError, ValueError) as exc:
-        raise error(f"{what} is not a list of numbers") from exc
-    return _unit(vector, d, what, error)

@@ -27,8 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ebr.config import Limits, engine_defaults
-from ebr.retrieval.index import CLUSTER_FIELD_PREFIX
-from ebr.retrieval.terms import normalize_term, query_terms
+from ebr.retrieval.terms import CLUSTER_FIELD_PREFIX, normalize_term, query_terms
 
 _KEY = re.compile(r"^[A-Za-z0-9_.+\-]+$")  # the keys of published versions (ebr.retrieval.retrievers.KEY)
 RANKING_OPERATORS = ("fuse", "rerank")

@@ -21,12 +21,12 @@ import math
 import numpy as np
 
 from ebr.config import BM25Params
-from ebr.retrieval.index import EngineIndex
+from ebr.retrieval.reader import IndexReader
 from ebr.retrieval.terms import query_terms
 
 
 def bm25_scores(
-    index: EngineIndex, ids: np.ndarray, query_text: str | None, params: BM25Params
+    index: IndexReader, ids: np.ndarray, query_text: str | None, params: BM25Params
 ) -> np.ndarray:
     """float64 BM25 of each of the internal ids `ids` for the query text (0: none of its tokens)."""
     out = np.zeros(len(ids))

@@ -26,8 +26,8 @@ import numpy as np
 
 from ebr import home, registry
 from ebr.retrieval.config import EngineConfig
+from ebr.retrieval.documents import unit_vector
 from ebr.retrieval.executor import ORDERS, ExecutionError, Hits, check_executable
-from ebr.retrieval.index import unit_vector
 from ebr.retrieval.query import Node, QueryError, expand_text, parse_cached, vector_nodes
 from ebr.retrieval.retrievers import RetrieverSpec, index_queries
 from ebr.retrieval.store import Engine, EngineLockedError

@@ -39,19 +39,19 @@ import numpy as np
 
 from ebr.config import BM25Params, PlannerCosts, StoreConfig, engine_defaults
 from ebr.io import atomic_write_text, fsync_dir
-from ebr.retrieval.executor import Hits, execute
-from ebr.retrieval.index import (
+from ebr.retrieval.documents import (
     Change,
     Delete,
     Document,
     DocumentExistsError,
     DocumentNotFoundError,
-    EngineIndex,
     TermsInput,
     Update,
     UpdateError,
     check_doc_id,
 )
+from ebr.retrieval.executor import Hits, execute
+from ebr.retrieval.index import EngineIndex
 from ebr.retrieval.query import Node
 
 _HEADER = struct.Struct("<II")

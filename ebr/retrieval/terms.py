@@ -17,6 +17,7 @@ _APOSTROPHES = re.compile(r"['\u2019`]")
 _NON_WORD = re.compile(r"[^0-9a-z]+")
 _FIELD = re.compile(r"^[a-z0-9_.+\-]+$")
 TEXT_PREFIX = "text:"  # the field of a text's tokens, the terms BM25 scores
+CLUSTER_FIELD_PREFIX = "nn."  # `nn.<key>:<list>`: the cluster terms of an nn field, reserved in documents
 
 
 def fold(text: str) -> str:

@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from ebr.evaluation.recall import evaluate, markdown_report
 from ebr.io import atomic_write_text
 from ebr.models.export import export_query_tower
 from ebr.models.features import build_features, split_from_config
 from ebr.models.training import embed_documents, load_module, train_tower
 from ebr.runners import SERIAL, Shards
-from ebr.steps.evaluate import evaluate, intents_path, load_intents, markdown_report
+from ebr.steps.evaluate import intents_path, load_intents
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from ebr.home import conf_dir
-from ebr.ingestion.ingest import IngestResult, ingest_logs
+from ebr.ingestion.ingest import ingest_logs
+from ebr.ingestion.results import IngestResult
 from ebr.schema import LOG_TABLES
 
 T0 = pd.Timestamp("2024-03-01 09:00:00")

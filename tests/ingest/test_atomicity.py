@@ -12,7 +12,7 @@ import pytest
 
 import ebr.ingestion.ingest
 from ebr.home import PROJECT_ROOT
-from ebr.ingestion.ingest import BadShareError, IngestConfigError
+from ebr.ingestion.errors import BadShareError, IngestConfigError
 
 from .logs import clean_logs, run_ingest, runs, snapshot, write_logs
 
@@ -61,14 +61,14 @@ def test_config_out_of_range_is_refused(clean_dir: Path, tmp_path: Path) -> None
 def test_failure_after_rows_were_written_rolls_back(
     loaded_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write = ebr.ingestion.ingest._write
+    write = ebr.ingestion.ingest.write_rows
 
     def write_then_fail(con, run_id, sources):  # noqa: ANN001
         write(con, run_id, sources)
         assert con.execute("SELECT count(*) FROM sessions").fetchone()[0] == 7  # rows are in, uncommitted
         raise OSError("disk full")
 
-    monkeypatch.setattr(ebr.ingestion.ingest, "_write", write_then_fail)
+    monkeypatch.setattr(ebr.ingestion.ingest, "write_rows", write_then_fail)
     before = snapshot(loaded_db)
     with pytest.raises(OSError, match="disk full"):
         run_ingest(_day2(tmp_path, bad_sessions=0), loaded_db)
@@ -88,7 +88,7 @@ def test_killed_process_leaves_the_database_as_it_was(loaded_db: Path, tmp_path:
         def die(con, result):
             print(con.execute("SELECT count(*) FROM sessions").fetchone()[0], flush=True)
             os._exit(137)
-        ebr.ingestion.ingest._record_run = die
+        ebr.ingestion.ingest.record_run = die
         ebr.ingestion.ingest.ingest_logs({str(_day2(tmp_path, 0))!r}, {str(loaded_db)!r}, load_cfg())
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

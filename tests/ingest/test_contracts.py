@@ -12,7 +12,7 @@ from ebr.contracts import SUITES_DIR, ContractError, ContractRunner, load_contra
 from ebr.contracts.casting import cast_sql
 from ebr.contracts.checks import CHECKS, PARSEABLE
 from ebr.home import PROJECT_ROOT
-from ebr.ingestion.ingest import IngestConfig
+from ebr.ingestion.config import IngestConfig
 from ebr.schema import LOG_TABLES, TABLES, VERTICALS
 
 from .logs import load_cfg

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from ebr.cli.ingest import command
-from ebr.ingestion.ingest import BadShareError, DatabaseUnavailableError, MalformedInputError
+from ebr.ingestion.errors import BadShareError, DatabaseUnavailableError, MalformedInputError
 
 from .logs import clean_logs, query, write_logs
 

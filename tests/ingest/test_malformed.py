@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ebr.ingestion.ingest import DatabaseUnavailableError, MalformedInputError
+from ebr.ingestion.errors import DatabaseUnavailableError, MalformedInputError
 
 from .logs import clean_logs, run_ingest, runs, snapshot, write_logs, write_table
 

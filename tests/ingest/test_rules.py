@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ebr.ingestion.ingest import IngestResult, ingest_logs
+from ebr.ingestion.ingest import ingest_logs
+from ebr.ingestion.results import IngestResult
 
 from .logs import T0, clean_logs, load_cfg, query, runs, write_table
 

@@ -11,7 +11,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from ebr.ingestion.ingest import IngestConfigError
+from ebr.ingestion.errors import IngestConfigError
 
 from .logs import T0, clean_logs, query, run_ingest, runs, snapshot, write_logs
 

@@ -12,8 +12,9 @@ from click.testing import CliRunner
 
 from ebr.cli.mine import command
 
-FAST = ["train.epochs=1", "train.min_steps=1", "train.batch_size=1024", "train.progress_bar=false",
-        "train.accelerator=cpu", "train.torch_threads=1"]  # fmt: skip
+FAST = ["train.epochs=1", "train.min_steps=1", "train.batch_size=1024",
+        "train.trainer.enable_progress_bar=false",
+        "train.trainer.accelerator=cpu", "train.torch_threads=1"]  # fmt: skip
 SPLIT = ["data.split.tune=500", "data.split.evaluate=500"]
 
 

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from ebr.contracts.mined import MinedContractError, MinedPromise, validate_mined
-from ebr.mining.mine import mix, positives, random_negatives
+from ebr.mining.negatives import mix, random_negatives
+from ebr.mining.positives import positives
 
 TRAIN, HELDOUT = np.arange(1, 13), np.array([13])
 PROMISE = MinedPromise(

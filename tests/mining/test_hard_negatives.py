@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ebr.mining.mine import Embedded, ExcludedDocs, offline_hard_negatives, sample_keys, shard_rows
+from ebr.mining.hard import Embedded, offline_hard_negatives
+from ebr.mining.keys import sample_keys, shard_rows
+from ebr.mining.negatives import ExcludedDocs
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ebr.mining.mine import hard_positives, mix, positives, random_negatives, same_query_clicks
+from ebr.mining.negatives import mix, random_negatives, same_query_clicks
+from ebr.mining.positives import hard_positives, positives
 
 TRAIN = np.arange(1, 13)  # session 13 is held out
 

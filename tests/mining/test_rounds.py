@@ -11,14 +11,15 @@ import pytest
 
 from ebr.config import load_config
 from ebr.contracts.mined import MinedContractError
-from ebr.mining import mine
+from ebr.mining.hard import Embedded, offline_hard_negatives
 from ebr.mining.rounds import mine_table, run_mining
 from ebr.mining.store import load_round, save_round
 from ebr.models.features import build_features, split_from_config
 from ebr.models.mined_data import MinedTripletDataModule
 
-FAST = ["train.epochs=1", "train.min_steps=1", "train.batch_size=1024", "train.progress_bar=false",
-        "train.accelerator=cpu", "train.torch_threads=1", "data.split.tune=500", "data.split.evaluate=500",
+FAST = ["train.epochs=1", "train.min_steps=1", "train.batch_size=1024",
+        "train.trainer.enable_progress_bar=false", "train.trainer.accelerator=cpu", "train.torch_threads=1",
+        "data.split.tune=500", "data.split.evaluate=500",
         "mining.hard.window=[5,40]", "mining.easy_hard_ratio=10"]  # fmt: skip
 
 
@@ -37,7 +38,7 @@ def _random_embed(features, dim: int = 16, seed: int = 0):
 
     def embed(session_ids):
         q = docs[rng.integers(0, len(docs), len(session_ids))]  # any fixed vectors do
-        return mine.Embedded(np.asarray(session_ids), q), mine.Embedded(features.doc_ids, docs)
+        return Embedded(np.asarray(session_ids), q), Embedded(features.doc_ids, docs)
 
     return embed
 
@@ -67,14 +68,14 @@ def test_mining_twice_with_the_same_seed_gives_the_same_table(tiny):
 def test_a_contract_failure_stops_the_round_and_names_the_rows(tiny, monkeypatch):
     db, split, features = tiny
     cfg = load_config(FAST)
-    real = mine.offline_hard_negatives
+    real = offline_hard_negatives
 
     def leaky(*args, **kwargs):  # plant a hard negative outside the window
         frame, stats = real(*args, **kwargs)
         frame.loc[0, "rank"] = 41
         return frame, stats
 
-    monkeypatch.setattr(mine, "offline_hard_negatives", leaky)
+    monkeypatch.setattr("ebr.mining.rounds.offline_hard_negatives", leaky)
     with pytest.raises(MinedContractError, match=r"rank window.*row \d+ \(session_id="):
         mine_table(db, cfg, split, 1, _random_embed(features))
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from ebr.cli.train import command
 from ebr.config import load_config
+from ebr.evaluation.recall import evaluate, recall_by_group, recall_by_query_tag
 from ebr.models.features import FeatureSet
 from ebr.models.training import (
     TrainedTower,
@@ -25,7 +26,6 @@ from ebr.models.training import (
     train_tower,
     variant,
 )
-from ebr.steps.evaluate import evaluate, recall_by_group, recall_by_query_tag
 from ebr.steps.train_eval import train_and_evaluate
 
 
@@ -147,12 +147,16 @@ def test_recall_by_query_tag_counts_each_tag() -> None:
 def test_ddp_spawn_splits_the_batches_between_two_processes(
     tiny_features: FeatureSet, tmp_path: Path
 ) -> None:
-    """train.strategy: two CPU processes (gloo) each train on half the pairs; rank 0's weights come back."""
+    """train.trainer.strategy: two CPU processes (gloo) each train on half the pairs; rank 0's weights come
+    back."""
     from tiny_logs import FAST
 
     single, ddp = (
         load_config([*FAST, "train.epochs=1", *extra])
-        for extra in ([], ["train.strategy=ddp_spawn", "train.devices=2", "train.accelerator=cpu"])
+        for extra in (
+            [],
+            ["train.trainer.strategy=ddp_spawn", "train.trainer.devices=2", "train.trainer.accelerator=cpu"],
+        )
     )
     steps = {}
     for name, cfg in (("single", single), ("ddp", ddp)):

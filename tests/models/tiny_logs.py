@@ -192,7 +192,7 @@ FAST = [
     "train.epochs=6",
     "train.min_steps=1",
     "train.batch_size=64",
-    "train.progress_bar=false",
+    "train.trainer.enable_progress_bar=false",
     "data.split.tune=200",
     "data.split.evaluate=200",
 ]

@@ -14,7 +14,7 @@ import numpy as np
 
 from ebr import registry
 from ebr.config import engine_defaults
-from ebr.retrieval.build import build_engine, build_index
+from ebr.retrieval.build import build_engine, build_engine_index
 from ebr.retrieval.index import EngineIndex
 
 D = 16
@@ -120,7 +120,7 @@ def make_corpus(seed: int, n: int, payloads: bool = False) -> Corpus:
 
 
 def corpus_index(corpus: Corpus, trained: dict[str, faiss.Index]) -> EngineIndex:
-    return build_index(corpus.doc_ids, corpus.documents(), corpus.embeddings, trained)
+    return build_engine_index(corpus.doc_ids, corpus.documents(), corpus.embeddings, trained)
 
 
 def write_version(

@@ -20,12 +20,13 @@ from engine_fixtures import (
 )
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from reference import EPSILON, Docs, evaluate, quantised_view
 
 from ebr.config import PlannerCosts, engine_defaults
+from ebr.retrieval.documents import parse_terms
 from ebr.retrieval.executor import execute
-from ebr.retrieval.index import EngineIndex, parse_terms
+from ebr.retrieval.index import EngineIndex
 from ebr.retrieval.query import NN, And, AnyText, Fuse, Not, Or, Rerank, Term, Text, expand_text, parse
-from ebr.retrieval.reference import EPSILON, Docs, evaluate, quantised_view
 
 QUERIES = {key: clustered(np.random.default_rng(99 + i), 64) for i, key in enumerate(FACTORIES)}
 CLUSTER_TERMS = [f"nn.unified:{i}" for i in range(16)] + [f"nn.text:{i}" for i in range(8)]
@@ -170,7 +171,7 @@ change = st.one_of(
 def test_realtime_changes_equal_the_reference(trained, changes, exprs, text, row, compact) -> None:
     """Adds, updates and deletes (terms with payloads, embeddings) are visible to the next query, before and
     after compaction; the reference is a plain dict of term -> payload dicts updated alongside."""
-    from ebr.retrieval.index import Document, Update
+    from ebr.retrieval.documents import Document, Update
 
     corpus = make_corpus(seed=11, n=120, payloads=True)
     index = corpus_index(corpus, trained)

@@ -7,11 +7,11 @@ import time
 import numpy as np
 import pytest
 from engine_fixtures import FORCED_PLANS, clustered, corpus_index, make_corpus, unit
+from reference import evaluate, quantised_view
 
-from ebr.retrieval.build import build_index
+from ebr.retrieval.build import build_engine_index
 from ebr.retrieval.executor import ExecutionError, QueryTimeoutError, execute
 from ebr.retrieval.query import expand_text, parse
-from ebr.retrieval.reference import evaluate, quantised_view
 
 HYBRID = (
     "(and (or (term location:seattle) (term location:menlo_park)) (or $text "
@@ -39,7 +39,7 @@ def smiths(trained):
     for row, doc_terms in enumerate(filler.terms):
         if {"location:seattle", "location:menlo_park"} & set(doc_terms):
             filler.embeddings["unified"][row] = unit(-query + 0.3 * rng.standard_normal(16))
-    index = build_index(
+    index = build_engine_index(
         np.concatenate([doc_ids, filler.doc_ids]),
         terms + filler.terms,
         {k: np.concatenate([np.stack(vectors), filler.embeddings[k]]) for k in ("unified", "text")},

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from engine_fixtures import clustered, corpus_index, make_corpus, write_version
 
+from ebr.retrieval.documents import Update
 from ebr.retrieval.executor import execute
-from ebr.retrieval.index import EngineIndex, Update
+from ebr.retrieval.index import EngineIndex
 from ebr.retrieval.query import parse
 from ebr.retrieval.store import Engine
 

@@ -10,9 +10,10 @@ import pytest
 from engine_fixtures import clustered, corpus_index, make_corpus, unit
 
 from ebr.config import engine_defaults
-from ebr.retrieval.build import build_index
+from ebr.retrieval.build import build_engine_index
+from ebr.retrieval.documents import Document, Update, parse_terms
 from ebr.retrieval.executor import ExecutionError, Hits, RankingStats, execute
-from ebr.retrieval.index import Document, EngineIndex, Update, parse_terms
+from ebr.retrieval.index import EngineIndex
 from ebr.retrieval.query import Or, expand_text, parse
 from ebr.retrieval.scoring import bm25_scores
 from ebr.retrieval.terms import document_terms
@@ -94,7 +95,7 @@ def tiny(trained):
     q, other = clustered(rng, 2)
     vectors = np.stack([q, unit(-q + 0.2 * other), unit(q + 0.8 * other)])
     docs = [document_terms("people", t) for t in ("John Smith smith", "John", "Mary")]
-    index = build_index(np.array([10, 20, 30]), docs, {"unified": vectors, "text": vectors}, trained)
+    index = build_engine_index(np.array([10, 20, 30]), docs, {"unified": vectors, "text": vectors}, trained)
     names, payloads = parse_terms(document_terms("people", "John Smith"))
     index.add(Document(40, names, {}, payloads))
     return index, q, scores_of(execute(index, parse("(nn unified :radius 2 :nprobe 16)"), {"unified": q}))

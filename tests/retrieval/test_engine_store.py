@@ -16,7 +16,7 @@ import pytest
 from engine_fixtures import clustered, corpus_index, make_corpus
 
 from ebr.config import engine_defaults
-from ebr.retrieval.index import DocumentExistsError, DocumentNotFoundError, UpdateError
+from ebr.retrieval.documents import DocumentExistsError, DocumentNotFoundError, UpdateError
 from ebr.retrieval.query import parse
 from ebr.retrieval.store import CorruptLogError, Engine, EngineLockedError
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ebr.mining.mine import Embedded, offline_hard_negatives
+from ebr.mining.hard import Embedded, offline_hard_negatives
 from ebr.runners import SERIAL, open_shards
 
 LOCAL_CLUSTER = {"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": None}

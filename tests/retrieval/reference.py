@@ -30,10 +30,10 @@ import faiss
 import numpy as np
 
 from ebr.config import BM25Params, engine_defaults
-from ebr.retrieval.index import CLUSTER_FIELD_PREFIX, EngineIndex
 from ebr.retrieval.quantized import NNField, coarse_lists
 from ebr.retrieval.query import NN, And, Fuse, Node, Not, Or, Rerank, Term, nn_nodes, scored_terms
-from ebr.retrieval.terms import TEXT_PREFIX, query_terms
+from ebr.retrieval.reader import IndexReader
+from ebr.retrieval.terms import CLUSTER_FIELD_PREFIX, TEXT_PREFIX, query_terms
 
 EPSILON = 1e-4
 
@@ -52,7 +52,7 @@ class QuantisedKey:
         return self.field.to_ivf_space(vector)[0].astype(np.float64)
 
 
-def quantised_view(index: EngineIndex, key: str) -> QuantisedKey:
+def quantised_view(index: IndexReader, key: str) -> QuantisedKey:
     """Read every code of `key` out of the faiss inverted lists and decode it."""
     nn_field = index.fields[key]
     internal, codes = nn_field.all_entries()
