@@ -40,10 +40,13 @@ def _read_vector(vector: str | None, vector_file: Path | None) -> Any:
     "--expr",
     default=None,
     help="Expression, e.g. '(and (term location:seattle) (nn unified "
-    ":radius 0.24 :nprobe 16))'. Default: the template of --vertical (conf/engine/default.yaml).",
+    ":radius 0.24 :nprobe 16))'. Default: the template of --vertical (in the version's manifest, "
+    "calibrated at publication).",
 )
 @click.option(
-    "--vertical", default=None, help="Vertical whose default expression template is used without --expr."
+    "--vertical",
+    default=None,
+    help="Vertical whose served template is used without --expr (default: the version's default vertical).",
 )
 @click.option("--query-text", default=None, help="Query text: fills $text and feeds the query tower.")
 @click.option(

@@ -2,8 +2,8 @@
 
     python -m ebr.flows.deployments     # keeps running; runs what the UI or `prefect deployment run` asks
 
-The deployments' defaults are the flow's; the nightly schedule is created paused (opt in from the UI or with
-`prefect deployment schedule resume`)."""
+The deployments' defaults are the flow's; the nightly deployment is created paused (opt in with its toggle
+in the UI)."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from ebr.config import load_config
 from ebr.ingestion.errors import DatabaseUnavailableError, IngestError
 from ebr.ingestion.ingest import ingest_logs
 from ebr.ingestion.results import IngestResult
+from ebr.io import atomic_write_text
 from ebr.runs import start_run
 
 
@@ -76,7 +77,7 @@ def report_task(result: IngestResult, run_dir: str) -> None:
         description=f"Contract results of {result.run_id}",
     )
     report = summary | {"contracts": result.contracts}
-    (Path(run_dir) / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(Path(run_dir) / "report.json", json.dumps(report, indent=2, default=str) + "\n")
 
 
 @flow(name="ingest", log_prints=True)
