@@ -27,7 +27,6 @@ from ebr.evaluation.ensembles import (
     evaluation_markdown,
     evaluation_table,
     fill_weights,
-    pick_served,
     specs_from_config,
 )
 from ebr.models.ensembles import l2_normalize
@@ -122,7 +121,6 @@ def main() -> None:
                 "rows": rows,
                 "weights": weight_tables,
                 "tuned": tuned,
-                "served_if_best": pick_served(rows, "best"),
             },
             indent=2,
         )

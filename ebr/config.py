@@ -269,6 +269,7 @@ class TrainConfig:
     steps: int | None = None
     batch_size: int = MISSING
     lr: float = MISSING
+    embedding_gradients: str = MISSING
     encoder_lr: float = MISSING
     head_lr: float = MISSING
     trainer: TrainerConfig = MISSING

@@ -21,9 +21,10 @@ def command(overrides: tuple[str, ...], as_json: bool) -> None:
     """Train towers on the logs in $EBR_HOME/ebr.duckdb and evaluate them on held-out sessions.
 
     OVERRIDES are Hydra overrides, e.g. `model.margin=0.3 train.epochs=2 train.models=[text,unified]`.
-    The latest data.heldout_sessions sessions are held out. Writes runs/<run_id>/report.json, report.md and
-    config.yaml, checkpoints, exported query towers (towers/<model>/) and document embeddings.
-    Models: text, unified, unified_hnm; baselines: incumbent (logged term matching), bm25 (titles).
+    Sessions are split by time (data.split: train, tune, evaluate); the recall table is computed on the
+    evaluation sessions. Writes runs/<run_id>/report.json, report.md and config.yaml, checkpoints, exported
+    query towers (towers/<model>/) and document embeddings. Models: the variants of train.models
+    (conf/train); baselines: incumbent (logged term matching), bm25 (the text fields).
     """
     from ebr.models.features import MissingTableError
     from ebr.runners import open_shards

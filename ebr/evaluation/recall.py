@@ -9,7 +9,7 @@ document), also per query form (misspelled, partial, ...).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -190,14 +190,19 @@ def incumbent_ranking(features: FeatureSet, rows: np.ndarray, depth: int) -> np.
     return out
 
 
-def bm25_ranking(features: FeatureSet, rows: np.ndarray, depth: int, k1: float, b: float) -> np.ndarray:
-    """BM25 over the titles of the session's vertical; documents without a matching term are not retrieved."""
-    out = np.full((len(rows), depth), -1, np.int64)
+def vertical_pools(features: FeatureSet, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per vertical with documents and sessions: (its document rows, its sessions' positions in rows)."""
     for i, _ in enumerate(features.verticals):
         pool = np.flatnonzero(features.doc_vertical == i)
         sel = np.flatnonzero(features.session_vertical[rows] == i)
-        if len(pool) == 0 or len(sel) == 0:
-            continue
+        if len(pool) and len(sel):
+            yield pool, sel
+
+
+def bm25_ranking(features: FeatureSet, rows: np.ndarray, depth: int, k1: float, b: float) -> np.ndarray:
+    """BM25 over the text of the session's vertical; documents without a matching term are not retrieved."""
+    out = np.full((len(rows), depth), -1, np.int64)
+    for pool, sel in vertical_pools(features, rows):
         retriever = bm25s.BM25(k1=k1, b=b)
         retriever.index([normalize_text(t).split() for t in features.doc_texts[pool]], show_progress=False)
         queries = [normalize_text(q).split() for q in features.session_queries[rows[sel]]]
@@ -220,11 +225,7 @@ def knn_ranking(
     queries searched in shards of `block` on `shards` (ebr/runners.py). docs: one row per
     document; queries: one per session of `rows`."""
     out = np.full((len(rows), depth), -1, np.int64)
-    for i, _ in enumerate(features.verticals):
-        pool = np.flatnonzero(features.doc_vertical == i)
-        sel = np.flatnonzero(features.session_vertical[rows] == i)
-        if len(pool) == 0 or len(sel) == 0:
-            continue
+    for pool, sel in vertical_pools(features, rows):
         k = min(depth, len(pool))
         search = partial(_knn_block, docs[pool], queries[sel], k)
         found = np.concatenate(shards.map(search, shards.rows(len(sel), block), "evaluation"))

@@ -129,12 +129,19 @@ def ensemble_task(
 
 @task(name="serving", cache_policy=NO_CACHE)
 def serving_task(
-    cfg: DictConfig, run_dir: Path, features: Any, models: dict, ensembles: dict, run_id: str, shards: Shards
+    cfg: DictConfig,
+    run_dir: Path,
+    features: Any,
+    models: dict,
+    ensembles: dict,
+    evaluation: dict,
+    run_id: str,
+    shards: Shards,
 ) -> dict[str, Any]:
     def body(out: Path) -> dict[str, Any]:
         index_dir = run_dir / "ensembles"
         return choose_serving(
-            cfg, home.db_path(), features, models, ensembles, index_dir, out, run_id, shards
+            cfg, home.db_path(), features, models, ensembles, index_dir, out, run_id, shards, evaluation
         )
 
     summary = run_step(run_dir, "serving", body)
@@ -260,7 +267,7 @@ def run_retrain(cfg: DictConfig, publish: bool = True, run_id: str | None = None
         report["ensembles"] = ensembles["table"]
         report["ann_operating_points"] = {k: p["chosen"] for k, p in ensembles["operating_points"].items()}
         report["ann_tables"] = {k: p["table3"] for k, p in ensembles["operating_points"].items()}
-        serving = serving_task(cfg, run.path, features, models, ensembles, run.run_id, shards)
+        serving = serving_task(cfg, run.path, features, models, ensembles, evaluation, run.run_id, shards)
         report["serving"] = serving["serving"]
         report["calibration"] = serving["calibration"]
         gate = gate_task(cfg, run.path, features, models, serving, shards)

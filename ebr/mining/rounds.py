@@ -63,6 +63,8 @@ def hard_per_positive(mcfg: DictConfig) -> int:
 
 def check_config(mcfg: DictConfig) -> None:
     """One clear error naming the key for a bad mining setting."""
+    if mcfg.model is None:
+        raise ValueError("mining.model is null: no model to mine with (e.g. mining.model=unified)")
     if mcfg.negatives not in NEGATIVE_STRATEGIES:
         raise ValueError(f"mining.negatives must be one of {NEGATIVE_STRATEGIES}, got {mcfg.negatives!r}")
     if mcfg.transfer not in TRANSFERS:

@@ -2,8 +2,8 @@
 
 Tables (docs/mining.md): `mined_runs` (one row per mining round: status, config, counts, contract report),
 `mined_positives` and `mined_negatives` (rows keyed by run_id and round). A round is written in one
-transaction, so a crash leaves the previous rounds intact and never half a round; training reads only
-rounds whose status is `ok` (their contracts passed).
+transaction, so a crash leaves the previous rounds intact and never half a round; a round's status says
+whether its contracts passed (training gets the validated table in memory, ebr/mining/rounds.py).
 """
 
 from __future__ import annotations

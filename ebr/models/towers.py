@@ -7,8 +7,9 @@ both sides, and makes the unified towers share their text embedding tables.
 A text field may come from a pretrained sentence encoder (ebr/models/pretrained.py): `text_pretrained`, its
 frozen embeddings as a dense feature, or `text_raw`, the raw texts encoded inside the tower (fine-tuned). A
 tower with a `passthrough` field outputs that field's embedding as it is (the pretrained text tower).
-Embedding tables have dense gradients: with long documents a batch touches more (token, dimension) entries
-than the tables hold, and dense Adagrad steps cost a fraction of sparse ones (docs/models.md).
+Embedding tables have sparse or dense gradients (`TowerSpec.sparse`, chosen by train.embedding_gradients):
+short texts touch a small part of a table per batch (sparse steps are cheaper), long documents touch more
+(token, dimension) entries than the table holds (dense steps are cheaper; docs/models.md).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class TowerSpec:
     output_dim: int
     groups: tuple[GroupSpec, ...] = ()  # outputs first; the rest from the MLP over all fields
     passthrough: str | None = None  # the output is this field's embedding, normalised (no other parameters)
+    sparse: bool = False  # sparse gradients of the embedding tables (training only)
 
     @property
     def free_dim(self) -> int:
@@ -108,6 +110,7 @@ class TowerSpec:
             int(data["output_dim"]),
             tuple(GroupSpec(g["name"], tuple(g["fields"]), int(g["dim"])) for g in data["groups"]),
             data.get("passthrough"),
+            bool(data.get("sparse", False)),
         )
 
 
@@ -186,10 +189,10 @@ class Tower(nn.Module):
             if shared is not None and f.name in grouped:
                 self.tables[f.name] = shared.tables[f.name]
             elif f.kind == BAG:
-                self.tables[f.name] = nn.EmbeddingBag(f.size, dim, mode="sum")
+                self.tables[f.name] = nn.EmbeddingBag(f.size, dim, mode="sum", sparse=spec.sparse)
                 nn.init.normal_(self.tables[f.name].weight, std=0.1)
             elif f.kind == CAT:
-                self.tables[f.name] = nn.Embedding(f.size, dim)
+                self.tables[f.name] = nn.Embedding(f.size, dim, sparse=spec.sparse)
                 nn.init.normal_(self.tables[f.name].weight, std=0.1)
             elif f.kind == DENSE:
                 self.tables[f.name] = nn.Linear(f.size, dim)

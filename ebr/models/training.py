@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from ebr.models.datamodule import TripletDataModule
 from ebr.models.export import export_query_tower
 from ebr.models.features import FeatureSet
-from ebr.models.fields import Fields, n_rows, take
+from ebr.models.fields import Bags, Fields, n_rows, take
 from ebr.models.lightning_module import TwoTowerModule
 from ebr.models.mined_data import MinedTripletDataModule
 from ebr.models.towers import (
@@ -161,7 +161,15 @@ def build_module(cfg: DictConfig, features: FeatureSet, name: str) -> tuple[TwoT
             if set(g["fields"]) <= set(query) & set(document)
         )
     encoder = OmegaConf.to_container(cfg.features.pretrained, resolve=True) if v.text == "finetune" else None
-    dims = (int(settings["embedding_dim"]), tuple(settings["hidden_dims"]), output_dim, groups, passthrough)
+    sparse = sparse_embeddings(train_settings(cfg, v), features, v)
+    dims = (
+        int(settings["embedding_dim"]),
+        tuple(settings["hidden_dims"]),
+        output_dim,
+        groups,
+        passthrough,
+        sparse,
+    )
     q_spec = TowerSpec(field_specs(query, QUERY_KINDS, features.sizes, encoder), *dims)
     d_spec = TowerSpec(field_specs(document, DOCUMENT_KINDS, features.sizes, encoder), *dims)
     module = TwoTowerModule(
@@ -175,6 +183,26 @@ def build_module(cfg: DictConfig, features: FeatureSet, name: str) -> tuple[TwoT
         head_lr=v.head_lr,
     )
     return module, notes
+
+
+GRADIENTS = ("auto", "sparse", "dense")
+
+
+def sparse_embeddings(tcfg: DictConfig, features: FeatureSet, v: Variant) -> bool:
+    """train.embedding_gradients of the embedding tables: sparse or dense Adagrad steps. `auto`: sparse when
+    a batch's document trigram entries (batch x (1 + random negatives) x mean trigrams per document) are
+    fewer than the trigram table's rows (titles, names), dense otherwise (long text). A fine-tuned encoder's
+    AdamW takes dense gradients only."""
+    mode = str(tcfg.embedding_gradients)
+    if mode not in GRADIENTS:
+        raise ValueError(f"train.embedding_gradients must be one of {GRADIENTS}, got {mode!r}")
+    if v.text == "finetune" or mode == "dense":
+        return False
+    bags = features.doc_fields.get("text_trigrams")
+    if mode == "sparse" or not isinstance(bags, Bags) or not len(bags):
+        return mode == "sparse"
+    entries = int(tcfg.batch_size) * (1 + int(tcfg.random_negatives)) * len(bags.ids) / len(bags)
+    return entries < features.sizes["text_trigrams"]
 
 
 def train_tower(

@@ -229,6 +229,15 @@ def stage_version(
     return json.loads((folder / registry.MANIFEST).read_text())  # as stored (numpy values made JSON)
 
 
+def _new_version(con: duckdb.DuckDBPyConnection, version: str | None) -> tuple[str, Path]:
+    """The name (the next free one when None) and folder of a version about to be published."""
+    version = version or catalogue.next_version(con)
+    final = home.versions_dir() / version
+    if not catalogue.VERSION_NAME.match(version) or final.exists() or version in catalogue.registered(con):
+        raise ValueError(f"publish: version name {version!r} is invalid or already used")
+    return version, final
+
+
 def _link_tree(source: Path, target: Path) -> None:
     """A copy of `source` at `target` whose files are hard links (a full copy where links are refused)."""
     try:
@@ -252,14 +261,7 @@ def promote(
             path = home.versions_dir() / done
             return PublishedVersion(done, path, registry.verify_version(path))
         registry.verify_version(staged)
-        version = version or catalogue.next_version(con)
-        final = home.versions_dir() / version
-        if (
-            not catalogue.VERSION_NAME.match(version)
-            or final.exists()
-            or version in catalogue.registered(con)
-        ):
-            raise ValueError(f"publish: version name {version!r} is invalid or already used")
+        version, final = _new_version(con, version)
         copy = home.versions_dir() / f"{catalogue.STAGING_PREFIX}{version}-{os.getpid()}"
         try:
             _link_tree(staged, copy)
@@ -309,14 +311,7 @@ def publish_version(
     data = dict(data) if data is not None else data_version(home.db_path())
     with catalogue.locked(), catalogue.connect() as con:
         catalogue.reconcile(con)
-        version = version or catalogue.next_version(con)
-        final = home.versions_dir() / version
-        if (
-            not catalogue.VERSION_NAME.match(version)
-            or final.exists()
-            or version in catalogue.registered(con)
-        ):
-            raise ValueError(f"publish: version name {version!r} is invalid or already used")
+        version, final = _new_version(con, version)
         staging = home.versions_dir() / f"{catalogue.STAGING_PREFIX}{version}-{os.getpid()}"
         try:
             stage_version(pieces, staging, metrics, config, run_id, data)

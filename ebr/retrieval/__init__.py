@@ -4,6 +4,7 @@ Modules: `terms` (namespaced terms), `quantized` (one embedding key's faiss IVF 
 payloads), `documents` (the index's validated inputs), `segment` (snapshot arrays), `reader` (the index's
 look-ups), `index` (`EngineIndex`: building, changes, compaction, files), `query` (the S-expression language),
 `executor` (planner and evaluation), `scoring` (BM25, fusions), `store` (durable realtime updates), `build`
-(engine folder of a published version), `config` (typed settings), `service` and `api` (serving).
+(engine folder of a published version), `config` (typed settings), `retrievers` (what a version serves and
+its expressions), `calibration` (templates tuned through the engine), `service` and `api` (serving).
 docs/engine.md is the reference; the tests' brute-force evaluator is tests/retrieval/reference.py.
 """

@@ -4,15 +4,16 @@ through the engine itself, against a recall target relative to the same model's 
 documents scanned.
 
 Search, for a vertical's sessions (their requests and clicked targets) and the retriever's exact top-K recall
-`reference`:
+`reference`. Steps 1 to 3 measure the (nn) operator alone, so that term matches (on which logged clicks
+are biased: they land on what a term-matching incumbent showed) cannot hide a starved nn:
   1. nprobe, cheapest first within the scan budget: the widest radius (every document of the probed lists
      competes on score) is tried; the first nprobe whose recall reaches `target x reference` is kept;
   2. the radius then shrinks through the candidate radii (quantiles of the model's query-target distances)
      while the recall stays within `radius_slack` of the widest radius's (and at the target): the smallest
      such radius collects the fewest hits for the same recall;
   3. without a feasible nprobe, the most accurate point within the budget is kept (`met` false);
-  4. fusions (`:bm25 W`, `:rrf K`) are tried on the chosen nn; one replaces the plain hybrid only if it ranks
-     better by the selection metric.
+  4. on the chosen nn, the served expression is the best by the selection metric of: the nn alone, the
+     hybrid `(or $text nn)` and each fusion (`:bm25 W`, `:rrf K`) of BM25 over any query term with it.
 Every measurement runs `SearchService.search_many`, the path `ebr search` and `ebr serve` answer through,
 with the query embeddings computed once by the version's own towers.
 """
@@ -65,6 +66,7 @@ class Template:
     fusion: str | None
     recall: float  # recall@k of the template on the sessions
     ndcg: float  # nDCG@10 of the template on the sessions
+    nn_recall: float  # recall@k of its (nn) alone
     reference: float  # the retriever's exact top-K recall on the same sessions
     scanned: float  # mean share of the key's documents in the probed lists
     met: bool  # recall >= target x reference within the budget
@@ -74,7 +76,8 @@ class Template:
 
     @property
     def ratio(self) -> float:
-        return self.recall / self.reference if self.reference > 0 else math.nan
+        """The nn's recall against its model's exact top-K recall (the calibration target)."""
+        return self.nn_recall / self.reference if self.reference > 0 else math.nan
 
     def to_dict(self, tried: bool = True) -> dict[str, Any]:
         out = asdict(self) | {"ratio": self.ratio}
@@ -150,13 +153,14 @@ def calibrate(
     nprobes = sorted({min(p, nlist) for p in cfg.nprobes})
     tried: list[dict[str, Any]] = []
 
-    def measure(nprobe: int, radius: float, fusion: str | None = None) -> dict[str, Any]:
-        expr = expression(spec, vertical, nprobe, radius=radius, fusion=fusion)
+    def measure(nprobe: int, radius: float, fusion: str | None = None, terms: bool = False) -> dict[str, Any]:
+        expr = expression(spec, vertical, nprobe, radius=radius, fusion=fusion, terms=terms)
         found = served_ids(service, sessions.requests, expr, k)
         point = {
             "nprobe": nprobe,
             "radius": radius,
             "fusion": fusion,
+            "terms": terms,
             "expr": expr,
             "recall": recall(found, sessions.targets, k),
             "ndcg": ndcg10(found, sessions.targets),
@@ -186,16 +190,14 @@ def calibrate(
             if point["recall"] < keep:
                 break
             chosen = point
-    best = chosen
-    for fusion in cfg.fusions:
-        point = measure(chosen["nprobe"], chosen["radius"], fusion)
-        if _score(point, cfg.metric) > _score(best, cfg.metric) and point["recall"] >= min(
-            goal, chosen["recall"]
-        ):
+    best = measure(chosen["nprobe"], chosen["radius"], terms=True)  # the hybrid, unless another ranks better
+    for point in [measure(chosen["nprobe"], chosen["radius"], f, terms=True) for f in cfg.fusions] + [chosen]:
+        if _score(point, cfg.metric) > _score(best, cfg.metric):
             best = point
     log.info(
-        "calibrated %s on %s: %s recall@%d %.4f (exact %.4f), %.2f%% scanned",
-        spec.name, vertical, best["expr"], k, best["recall"], reference, 100 * best["scanned"],
+        "calibrated %s on %s: %s recall@%d %.4f (nn alone %.4f, exact %.4f), %.2f%% scanned",
+        spec.name, vertical, best["expr"], k, best["recall"], chosen["recall"], reference,
+        100 * best["scanned"],
     )  # fmt: skip
     return Template(
         vertical=vertical,
@@ -207,6 +209,7 @@ def calibrate(
         fusion=best["fusion"],
         recall=best["recall"],
         ndcg=best["ndcg"],
+        nn_recall=chosen["recall"],
         reference=reference,
         scanned=best["scanned"],
         met=met,

@@ -98,17 +98,21 @@ def expression(
     radius: float | None = None,
     k: int | None = None,
     fusion: str | None = None,
+    terms: bool = True,
 ) -> str:
     """The engine expression that serves `spec` on `vertical`: term matches or the nn of the spec's index
     key (radius mode, or top-K mode with `k`); a cascade re-ranks the first stage's best `spec.n` by its
     second model; with `fusion` (e.g. ":bm25 0.3", ":rrf 60") any query term matches and BM25 is fused
-    with the cosine."""
+    with the cosine; `terms=False`: the nn alone (no term matches, no fusion)."""
     if (radius is None) == (k is None):
         raise ValueError("expression: give a radius or a k")
+    if fusion is not None and not terms:
+        raise ValueError("expression: a fusion needs the term matches")
     mode = f":radius {radius!r}" if radius is not None else f":k {k}"
     nn = f"(nn {spec.index_key} {mode} :nprobe {nprobe})"
     text = "$text" if fusion is None else "$anytext"
-    expr = f"(and (term vertical:{term_value(vertical)}) (or {text} {nn}))"
+    matches = f"(or {text} {nn})" if terms else nn
+    expr = f"(and (term vertical:{term_value(vertical)}) {matches})"
     if fusion is not None:
         expr = f"(fuse {fusion} {expr})"
     if spec.kind == "cascade":

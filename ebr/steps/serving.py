@@ -106,10 +106,26 @@ def pieces_for(
     )
 
 
-def _restage(folder: Path, pieces: VersionPieces, run_id: str, cfg: DictConfig, db_path: Path) -> None:
+def _finite(value: Any) -> Any:
+    """`value` with every NaN float as None (the manifest is strict JSON)."""
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _restage(
+    folder: Path,
+    pieces: VersionPieces,
+    run_id: str,
+    cfg: DictConfig,
+    db_path: Path,
+    metrics: Mapping[str, Any] | None = None,
+) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     config = OmegaConf.to_container(cfg, resolve=True)
-    stage_version(pieces, folder, {}, config, run_id, data_version(db_path))
+    stage_version(pieces, folder, dict(metrics or {}), config, run_id, data_version(db_path))
 
 
 def references(
@@ -157,8 +173,11 @@ def choose_serving(
     out: Path,
     run_id: str,
     shards: Shards = SERIAL,
+    evaluation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Stage the pool, calibrate and choose per vertical, stage the candidate (see the module docstring)."""
+    """Stage the pool, calibrate and choose per vertical, stage the candidate (see the module docstring);
+    the candidate's manifest `metrics` hold the run's `evaluation` recall table, the retrievers' table on the
+    tuning sessions, the ANN operating points and the calibration."""
     specs = [RetrieverSpec.from_dict(r) for r in ensembles["retrievers"]]
     by_name = {s.name: s for s in specs}
     forced = str(cfg.serving.serve)
@@ -231,7 +250,16 @@ def choose_serving(
     used = sorted({v["retriever"] for v in serving_verticals.values()})
     serving = {"default_vertical": _most_searched(features), "verticals": serving_verticals}
     pieces = pieces_for(features, documents, models, [by_name[n] for n in used], index_dir, points, serving)
-    _restage(out / "candidate", pieces, run_id, cfg, db_path)
+    metrics = _finite(
+        {
+            "recall": (evaluation or {}).get("recall"),
+            "recall_intent": (evaluation or {}).get("recall_intent"),
+            "retrievers": ensembles.get("table"),
+            "ann_operating_points": {k: p["chosen"] for k, p in points.items()},
+            "calibration": report,
+        }
+    )
+    _restage(out / "candidate", pieces, run_id, cfg, db_path, metrics)
     shutil.rmtree(out / "pool")
     atomic_write_text(out / "calibration.json", json.dumps(tried, indent=2, default=str))
     return {
