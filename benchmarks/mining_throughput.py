@@ -4,8 +4,8 @@ Each configuration runs in its own process, which reports its throughput and the
 while mining (sampled every 10 ms) above the resident memory it had once the vectors were loaded: the
 mining's own memory. The unblocked baseline searches every query in
 one call (block_size = all queries), so its result matrix grows with the data; the blocked runs keep it at
-block_size x window end. Vectors are deterministic clustered embeddings (ebr/models/synthetic.py) sized as the
-simulated worlds' largest vertical (people): small 30k documents and 70k queries, large 1M documents and
+block_size x window end. Vectors are deterministic clustered embeddings (ebr/datasets/synthetic.py) sized as
+the simulated worlds' largest vertical (people): small 30k documents and 70k queries, large 1M documents and
 100k queries; d = 64 as the towers' output. Wall-clock figures depend on what else runs on the machine;
 queries per CPU-second less so.
 
@@ -88,8 +88,8 @@ def child(config: dict) -> dict:
     import numpy as np
     import pandas as pd
 
+    from ebr.datasets.synthetic import clustered_dataset
     from ebr.mining.hard import Embedded, offline_hard_negatives
-    from ebr.models.synthetic import clustered_dataset
 
     sizes = SCALES[config["scale"]]
     n_q = config.get("queries", sizes["queries"])

@@ -23,7 +23,7 @@ import faiss
 from ebr.ann.knn import exact_knn
 from ebr.ann.quantize import table3_markdown, tune
 from ebr.config import retrain_defaults
-from ebr.models.synthetic import clustered_dataset
+from ebr.datasets.synthetic import clustered_dataset
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from ebr.ann.quantize import (
     tune,
 )
 from ebr.config import IndexConfig, load_config, retrain_defaults, typed
-from ebr.models.synthetic import clustered_dataset
+from ebr.datasets.synthetic import clustered_dataset
 
 
 def index_cfg(**settings) -> IndexConfig:

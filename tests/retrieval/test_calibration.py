@@ -12,9 +12,9 @@ import pytest
 from engine_fixtures import D, make_corpus, unit, write_version
 
 from ebr.config import retrain_defaults
-from ebr.retrieval.calibration import Sessions, calibrate, target_radii
+from ebr.retrieval.calibration import Sessions, calibrate, recall, served_ids, target_radii
 from ebr.retrieval.config import load_engine_config
-from ebr.retrieval.retrievers import single
+from ebr.retrieval.retrievers import expression, single
 from ebr.retrieval.service import SearchRequest, SearchService
 
 K = 10
@@ -42,13 +42,14 @@ def synthetic(tmp_path: Path, ebr_home: Path):
         [SearchRequest(vertical="people", vector={"unified": q.tolist()}) for q in queries],
         [np.array([corpus.doc_ids[t]]) for t in targets],
     )
+    texts = [" ".join(t.removeprefix("text:") for t in corpus.terms[i][2:]) for i in targets]  # its words
     service = SearchService.open(version, load_engine_config(), writable=False)
-    yield service, sessions, reference, distances
+    yield service, sessions, reference, distances, texts
     service.close()
 
 
 def test_calibrated_template_meets_its_target_at_the_cheapest_nprobe(synthetic) -> None:
-    service, sessions, reference, distances = synthetic
+    service, sessions, reference, distances, _ = synthetic
     cfg = replace(
         retrain_defaults().serving, target=0.95, max_scanned=1.0, nprobes=[1, 2, 4, 8, 16], fusions=[]
     )
@@ -71,7 +72,7 @@ def test_calibrated_template_meets_its_target_at_the_cheapest_nprobe(synthetic) 
 
 
 def test_without_a_feasible_nprobe_the_most_accurate_affordable_point_is_kept(synthetic) -> None:
-    service, sessions, reference, distances = synthetic
+    service, sessions, reference, distances, _ = synthetic
     cfg = replace(
         retrain_defaults().serving, target=1.0, max_scanned=0.3, nprobes=[1, 2, 4, 8, 16], fusions=[]
     )
@@ -86,3 +87,25 @@ def test_candidate_radii_are_quantiles_of_the_target_distances() -> None:
     radii = target_radii(np.linspace(0.1, 0.5, 101))
     assert radii == sorted(radii) and radii[-1] == 0.5 and radii[0] == pytest.approx(0.3)
     assert target_radii(np.array([np.nan])) == []
+
+
+def test_term_matches_cannot_hide_a_starved_nn(synthetic) -> None:
+    """Queries whose text matches their target's terms: the hybrid finds the targets at any nprobe (clicks
+    on a term-matching incumbent's results look like this), yet nprobe and radius are chosen so that the nn
+    alone reaches the target share of the exact top-K recall."""
+    service, sessions, reference, distances, texts = synthetic
+    requests = [replace(r, query_text=t) for r, t in zip(sessions.requests, texts, strict=True)]
+    texted = Sessions(requests, sessions.targets)
+    cfg = replace(
+        retrain_defaults().serving, target=0.95, max_scanned=1.0, nprobes=[1, 2, 4, 8, 16], fusions=[]
+    )
+    hybrid_at_1 = expression(single("unified"), "people", 1, radius=2.0)
+    nn_at_1 = expression(single("unified"), "people", 1, radius=2.0, terms=False)
+    found = {e: served_ids(service, texted.requests, e, K) for e in (hybrid_at_1, nn_at_1)}
+    assert recall(found[hybrid_at_1], texted.targets, K) >= 0.95 * reference  # the terms alone would pass
+    assert recall(found[nn_at_1], texted.targets, K) < 0.95 * reference  # ... the nn at nprobe 1 does not
+    template = calibrate(
+        service, single("unified"), "people", texted, reference, target_radii(distances), K, cfg
+    )
+    assert template.nprobe > 1 and template.nn_recall >= 0.95 * reference
+    assert "$text" in template.expr and template.recall >= template.nn_recall
