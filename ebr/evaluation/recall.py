@@ -48,10 +48,12 @@ def evaluate(
     intents: pd.DataFrame | None = None,
     rankings: Mapping[str, np.ndarray] | None = None,
     shards: Shards = SERIAL,
+    doc_vectors: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The report dict: recall[model][vertical][K] against clicks and, with intents, against intents (overall
     and per query form), for eval.baselines, the trained towers (`models`, by name) and any precomputed
-    `rankings` (document rows, one row per session of `evaluation_rows`, e.g. of an ensemble)."""
+    `rankings` (document rows, one row per session of `evaluation_rows`, e.g. of an ensemble). `doc_vectors`:
+    the document embeddings of some models as their export saved them (else they are computed)."""
     ks = [int(k) for k in cfg.eval.ks]
     depth = max(ks)
     targets = evaluation_targets(features, intents)
@@ -66,7 +68,8 @@ def evaluate(
         else:
             raise ValueError(f"eval.baselines: unknown baseline {name!r} (expected {', '.join(BASELINES)})")
     for name, module in models.items():
-        docs = embed_documents(module, features, shards=shards)
+        given = (doc_vectors or {}).get(name)
+        docs = embed_documents(module, features, shards=shards) if given is None else given
         queries = embed_queries(module, features, rows, shards=shards)
         block = int(cfg.eval.query_block)
         retrievers[name] = knn_ranking(docs, queries, features, rows, depth, block, shards)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
@@ -46,7 +47,10 @@ def evaluate_models(
     """Step `evaluate`: the towers' recall table (models x verticals x K) with the baselines, on the
     evaluation sessions; report.json and report.md in `out`."""
     modules = {name: load_module(Path(info["checkpoint"])) for name, info in models.items()}
-    report = evaluate(cfg, features, modules, load_intents(intents_path(cfg)), shards=shards)
+    exported = {n: np.load(i["embeddings"], mmap_mode="r") for n, i in models.items() if i.get("embeddings")}
+    report = evaluate(
+        cfg, features, modules, load_intents(intents_path(cfg)), shards=shards, doc_vectors=exported
+    )
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
     atomic_write_text(out / "report.md", markdown_report(report))
     return report
