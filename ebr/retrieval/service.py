@@ -7,7 +7,9 @@ vertical, the expression the version was calibrated and gated with (the manifest
 answer through `search_many` / `search`: what is measured is what is served. `HotSwapper` holds the service
 of the served version and replaces it when serving.json names a new version: the new one is loaded
 completely first, then the reference is swapped; requests in flight finish on the old one, which is closed
-when its last request ends.
+(its write lock released) when its last request ends. A version served again while its retired engine still
+holds the lock opens read-only and takes the lock at its first write or the swapper's next check after it is
+freed; `HotSwapper.read_only_reason` says why it is not writable meanwhile.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ebr.retrieval.documents import unit_vector
 from ebr.retrieval.executor import ORDERS, ExecutionError, Hits, check_executable
 from ebr.retrieval.query import Node, QueryError, expand_text, parse_cached, vector_nodes
 from ebr.retrieval.retrievers import RetrieverSpec, index_queries
-from ebr.retrieval.store import Engine, EngineLockedError
+from ebr.retrieval.store import Engine
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +107,17 @@ class SearchService:
 
     @classmethod
     def open(
-        cls, version_dir: Path, config: EngineConfig, writable: bool, verify: bool = True, warm: bool = False
+        cls,
+        version_dir: Path,
+        config: EngineConfig,
+        writable: bool,
+        verify: bool = True,
+        warm: bool = False,
+        fall_back_read_only: bool = False,
     ) -> SearchService:
         """Open a version folder; `verify` checks every file against the manifest first, `warm` loads the
-        query towers now rather than on first use (a server does, so that no request pays for it)."""
+        query towers now rather than on first use (a server does, so that no request pays for it);
+        `fall_back_read_only`: see `Engine.open`."""
         manifest = (
             registry.verify_version(version_dir)
             if verify
@@ -118,12 +127,20 @@ class SearchService:
         if not (engine_dir / "meta.json").is_file():
             raise SearchError(f"{engine_dir}: this version has no engine index", status=503)
         engine = Engine.open(
-            engine_dir, state_dir(version_name(manifest, version_dir)), config.store, writable
+            engine_dir,
+            state_dir(version_name(manifest, version_dir)),
+            config.store,
+            writable,
+            fall_back_read_only,
         )
         service = cls(version_dir, engine, config, manifest)
-        if warm:
-            for tower in sorted((version_dir / "towers").glob("*/config.json")):
-                service._encoder(tower.parent.name)
+        try:
+            if warm:
+                for tower in sorted((version_dir / "towers").glob("*/config.json")):
+                    service._encoder(tower.parent.name)
+        except BaseException:
+            engine.close()  # a service never served must not keep the write lock
+            raise
         return service
 
     @classmethod
@@ -329,6 +346,14 @@ class HotSwapper:
         service = self._service
         return None if service is None else service.version
 
+    @property
+    def read_only_reason(self) -> str | None:
+        """Why the served version takes no changes though this swapper should write, or None."""
+        service = self._service
+        if not self.writable or service is None or service.engine.writable:
+            return None
+        return service.engine.read_only_reason
+
     @contextlib.contextmanager
     def service(self) -> Iterator[SearchService]:
         """The current service, kept open for the duration of the block even if a swap happens meanwhile."""
@@ -343,7 +368,14 @@ class HotSwapper:
             service.release()
 
     def check(self) -> bool:
-        """Load and swap in the served version if it changed; returns whether a swap happened."""
+        """Load and swap in the served version if it changed; returns whether a swap happened. A served
+        engine waiting for its write lock takes it here once it is free."""
+        served = self._service
+        if self.writable and served is not None and not served.engine.writable:
+            try:
+                served.engine.take_write_lock()
+            except Exception as exc:
+                log.error("version %s: cannot take the write lock: %s", served.version, exc)
         try:
             wanted = registry.served_version()
         except (OSError, ValueError, KeyError) as exc:
@@ -367,13 +399,10 @@ class HotSwapper:
 
     def _open(self, version: str) -> SearchService:
         folder = home.versions_dir() / version
-        try:
-            return SearchService.open(folder, self.config, self.writable, warm=True)
-        except EngineLockedError:
-            log.warning(
-                "version %s: another process writes its realtime state; serving it read-only", version
-            )
-            return SearchService.open(folder, self.config, writable=False, warm=True)
+        service = SearchService.open(folder, self.config, self.writable, warm=True, fall_back_read_only=True)
+        if self.writable and not service.engine.writable:
+            log.warning("version %s: serving read-only for now: %s", version, service.engine.read_only_reason)
+        return service
 
     def start(self) -> None:
         """Load the served version now, then watch serving.json in a background thread."""

@@ -9,11 +9,16 @@ The state of the engine for one published version lives beside it, never inside 
         LOCK             flock-ed by the one process allowed to write
 
 A change is validated, appended to the log and fsync-ed, then applied in memory, and only then acknowledged,
-so it is visible to the next query and survives a crash. Opening replays the log over the snapshot. A torn
-last record (a crash in the middle of an append, never acknowledged) is cut off; a damaged record followed
-by more data is corruption and stops the open with the file and offset. Compaction writes generation g+1
-under a temporary name, renames it, starts an empty log, then moves CURRENT: a crash at any point leaves a
-complete generation.
+so it is visible to the next query and survives a crash. An append that fails (disk full, EIO, a failed
+fsync) is cut off again (ftruncate to the last good size) before the error is raised, so a refused change is
+never applied, now or after a restart; if even the cut fails, the engine turns read-only with that reason.
+Opening replays the log over the snapshot. A torn last record (a crash in the middle of an append, never
+acknowledged) is dropped with a warning and cut off; a damaged record followed by more data is corruption and
+stops the open with the file and offset. Replay never refuses a record: a repeated identical add (a client's
+retry) is skipped, a differing add of a live document replaces it, an update or delete of a missing one is
+skipped, each with a warning. Compaction writes generation g+1 under a temporary name, renames it, starts an
+empty log, then renames CURRENT (the commit point): a failure or a crash at any point leaves a complete
+generation, and the engine in memory moves to g+1 exactly when CURRENT does.
 
 Log record: 4-byte little-endian payload length, 4-byte CRC32 of the payload, payload = UTF-8 JSON
 {"op": "add"|"update"|"delete", "doc_id", "terms", "embeddings": {key: base64 float32 little-endian}}, plus
@@ -26,6 +31,7 @@ import base64
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import struct
@@ -38,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ebr.config import BM25Params, PlannerCosts, StoreConfig, engine_defaults
-from ebr.io import atomic_write_text, fsync_dir
+from ebr.io import fsync_dir, fsync_tree
 from ebr.retrieval.documents import (
     Change,
     Delete,
@@ -55,6 +61,9 @@ from ebr.retrieval.index import EngineIndex
 from ebr.retrieval.query import Node
 
 _HEADER = struct.Struct("<II")
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+
+log = logging.getLogger(__name__)
 
 
 class CorruptLogError(RuntimeError):
@@ -66,7 +75,7 @@ class EngineLockedError(RuntimeError):
 
 
 class ReadOnlyEngineError(UpdateError):
-    """A change sent to an engine opened read-only (another process writes this version's state)."""
+    """A change sent to a read-only engine: opened so, another engine holds the lock, or its log failed."""
 
     status = 503
 
@@ -166,12 +175,55 @@ def read_log(path: Path, repair: bool) -> list[Change]:
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptLogError(f"{path}: record at byte {offset} is unreadable ({exc})") from exc
         offset = end
-    if offset < len(data) and repair:
-        with open(path, "r+b") as f:
-            f.truncate(offset)
-            f.flush()
-            os.fsync(f.fileno())
+    if offset < len(data):
+        log.warning("%s: dropped a torn last record (%d bytes at byte %d)", path, len(data) - offset, offset)
+        if repair:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.ftruncate(fd, offset)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     return changes
+
+
+def replayable(index: EngineIndex, changes: Sequence[Change], path: Path) -> list[Change]:
+    """The logged `changes` as they apply over `index`: a repeated identical add is skipped, a differing
+    add of a live document replaces it, an update or delete of a missing one is skipped (with a warning)."""
+    live: dict[int, bool] = {}
+    added: dict[int, Document] = {}  # the logged content of documents whose last change is an add
+    out: list[Change] = []
+    for n, change in enumerate(changes):
+        doc_id = change.doc_id
+        present = live.get(doc_id, index.internal_id(doc_id) is not None)
+        if isinstance(change, Document):
+            if present:
+                if _same_document(added.get(doc_id), change):
+                    log.warning("%s: record %d repeats the add of doc_id %d; skipped", path, n, doc_id)
+                    continue
+                log.warning(
+                    "%s: record %d adds doc_id %d, which exists; applied as a replacement", path, n, doc_id
+                )
+                out.append(Delete(doc_id))
+            added[doc_id] = change
+        elif not present:
+            op = "deletes" if isinstance(change, Delete) else "updates"
+            log.warning("%s: record %d %s doc_id %d, which does not exist; skipped", path, n, op, doc_id)
+            continue
+        else:
+            added.pop(doc_id, None)
+        live[doc_id] = not isinstance(change, Delete)
+        out.append(change)
+    return out
+
+
+def _same_document(a: Document | None, b: Document) -> bool:
+    return (
+        a is not None
+        and (a.doc_id, a.terms, a.payloads) == (b.doc_id, b.terms, b.payloads)
+        and a.embeddings.keys() == b.embeddings.keys()
+        and all(np.array_equal(a.embeddings[k], b.embeddings[k]) for k in a.embeddings)
+    )
 
 
 class Engine:
@@ -186,6 +238,8 @@ class Engine:
         log_records: int,
         config: StoreConfig,
         lock_file: Any | None,
+        read_only_reason: str | None = None,
+        wants_lock: bool = False,
     ):
         self.index = index
         self.base_dir = base_dir
@@ -193,59 +247,102 @@ class Engine:
         self.generation = generation
         self.log_records = log_records
         self.config = config
+        self.read_only_reason = read_only_reason  # None while writable
         self._lock_file = lock_file
+        self._wants_lock = wants_lock  # read-only only because the lock was busy: take it when free
         self._rw = ReadWriteLock()
         self._writer = threading.Lock()
-        self._log = open(self._log_path(generation), "ab") if lock_file is not None else None  # noqa: SIM115
+        self._fd: int | None = None  # the log, unbuffered: a failed append leaves no bytes behind
+        self._log_size = 0  # bytes of the log acknowledged so far
+        if lock_file is not None:
+            self._open_log()
 
     # ----- opening
     @classmethod
     def open(
-        cls, base_dir: Path, state_dir: Path, config: StoreConfig | None = None, writable: bool = True
+        cls,
+        base_dir: Path,
+        state_dir: Path,
+        config: StoreConfig | None = None,
+        writable: bool = True,
+        fall_back_read_only: bool = False,
     ) -> Engine:
-        """Load the newest generation and replay its log. Read-only opens never touch the state folder."""
+        """Load the newest generation and replay its log. Read-only opens never touch the state folder. When
+        the write lock is busy, raise EngineLockedError, or with `fall_back_read_only` open read-only and take
+        the lock at the first write (or `take_write_lock`) after it is freed."""
         config = config or engine_defaults().store
-        lock_file = None
-        if writable:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            lock_file = open(state_dir / "LOCK", "a")  # noqa: SIM115 (held for the engine's lifetime)
-            try:
-                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                lock_file.close()
-                raise EngineLockedError(f"{state_dir}: another process is writing this engine state") from exc
+        lock_file = _try_lock(state_dir) if writable else None
+        reason = None if lock_file is not None else "opened read-only"
+        if writable and lock_file is None:
+            if not fall_back_read_only:
+                raise EngineLockedError(f"{state_dir}: another process is writing this engine state")
+            reason = f"{state_dir / 'LOCK'} is held by another engine (another process or a retired one)"
         try:
-            for attempt in range(2):
-                generation = _current_generation(state_dir)
-                folder = base_dir if generation == 0 else state_dir / "snapshots" / str(generation)
-                try:
-                    index = EngineIndex.load(folder)
-                    break
-                except FileNotFoundError:
-                    if writable or attempt:  # a reader raced a compaction: read CURRENT again
-                        raise
-            changes = read_log(state_dir / f"wal-{generation}.log", repair=writable)
-            index.apply(changes)
-            engine = cls(index, base_dir, state_dir, generation, len(changes), config, lock_file)
+            index, generation, records = _load(base_dir, state_dir, repair=lock_file is not None)
+            wants_lock = writable and lock_file is None
+            engine = cls(
+                index, base_dir, state_dir, generation, records, config, lock_file, reason, wants_lock
+            )
         except BaseException:
             if lock_file is not None:
                 lock_file.close()
             raise
-        if writable:
+        if lock_file is not None:
             engine._remove_stale_files()
         return engine
 
+    def take_write_lock(self) -> bool:
+        """Become the writer if this engine fell back to read-only and the lock is free now, replaying the
+        changes written meanwhile first; returns whether the engine is writable."""
+        with self._writer:
+            return self._take_lock_locked()
+
+    def _take_lock_locked(self) -> bool:
+        if self._fd is not None or not self._wants_lock:
+            return self._fd is not None
+        lock_file = _try_lock(self.state_dir)
+        if lock_file is None:
+            return False
+        try:
+            generation = _current_generation(self.state_dir)
+            if generation == self.generation:
+                changes = read_log(self._log_path(generation), repair=True)
+                with self._rw.write():
+                    path = self._log_path(generation)
+                    self.index.apply(replayable(self.index, changes[self.log_records :], path))
+                records = len(changes)
+            else:
+                index, generation, records = _load(self.base_dir, self.state_dir, repair=True)
+                with self._rw.write():
+                    self.index, self.generation = index, generation
+            self.log_records = records
+            self._open_log()
+        except BaseException:
+            lock_file.close()
+            raise
+        self._lock_file, self._wants_lock, self.read_only_reason = lock_file, False, None
+        log.info("%s: took the write lock", self.state_dir)
+        self._remove_stale_files()
+        return True
+
     def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        """Close the log and release the write lock."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+        self._wants_lock = False
+        self.read_only_reason = self.read_only_reason or "closed"
 
     @property
     def writable(self) -> bool:
-        return self._log is not None
+        return self._fd is not None
+
+    def _open_log(self) -> None:
+        self._fd = os.open(self._log_path(self.generation), _LOG_FLAGS, 0o644)
+        self._log_size = os.fstat(self._fd).st_size
 
     def _log_path(self, generation: int) -> Path:
         return self.state_dir / f"wal-{generation}.log"
@@ -311,25 +408,72 @@ class Engine:
         [term, payload] pairs, or a mapping term -> payload); raises UpdateError
         (status 400/404/409) naming the first bad request. Returns the number of changes applied.
         """
-        if not self.writable:
-            raise ReadOnlyEngineError(
-                "this engine is open read-only: the process holding its write lock takes changes"
-            )
         with self._writer:
+            self._check_writable()
             changes = self._validate(requests)
             if not changes:
                 return 0
-            assert self._log is not None
-            self._log.write(b"".join(encode_change(c) for c in changes))
-            self._log.flush()
-            if self.config.fsync:
-                os.fsync(self._log.fileno())
-            with self._rw.write():
-                self.index.apply(changes)
+            start = self._log_size
+            self._append(b"".join(encode_change(c) for c in changes))
+            try:
+                with self._rw.write():
+                    self.index.apply(changes)
+            except BaseException as exc:
+                self._cut_log(start, exc)
+                self._break(
+                    f"{self.state_dir}: applying logged changes in memory failed ({exc!r}); reopen it"
+                )
+                raise
             self.log_records += len(changes)
             if 0 < self.config.compact_after_records <= self.log_records:
-                self._compact_locked()
+                try:
+                    self._compact_locked()
+                except Exception as exc:  # the changes are logged and applied: acknowledge them anyway
+                    log.warning(
+                        "%s: compaction failed (%s); retried after the next change", self.state_dir, exc
+                    )
         return len(changes)
+
+    def _check_writable(self) -> None:
+        if self._fd is None and not self._take_lock_locked():
+            raise ReadOnlyEngineError(f"{self.state_dir}: this engine is read-only ({self.read_only_reason})")
+
+    def _append(self, data: bytes) -> None:
+        """Append records to the log and fsync them, or raise with the log cut back to its last good size."""
+        assert self._fd is not None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            if self.config.fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            self._cut_log(self._log_size, exc)
+            path = self._log_path(self.generation)
+            raise OSError(exc.errno, f"{path}: append failed, nothing changed ({exc.strerror})") from exc
+        self._log_size += len(data)
+
+    def _cut_log(self, size: int, cause: BaseException) -> None:
+        """Truncate the log back to `size` bytes; if that fails too, turn read-only and raise."""
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, size)
+            if self.config.fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            path = self._log_path(self.generation)
+            self._break(f"{path}: cutting a failed append back to {size} bytes failed ({exc}); reopen it")
+            raise ReadOnlyEngineError(
+                f"{self.read_only_reason}; the change may or may not be logged"
+            ) from cause
+
+    def _break(self, reason: str) -> None:
+        """Stop taking changes (the lock stays held so that no other engine writes this log)."""
+        log.error("%s", reason)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.read_only_reason = reason
 
     def _validate(self, requests: Sequence[Mapping[str, Any]]) -> list[Change]:
         exists: dict[int, bool] = {}
@@ -373,12 +517,10 @@ class Engine:
 
     # ----- compaction
     def compact(self) -> int:
-        """Fold the log into a new snapshot generation; returns the new generation."""
-        if not self.writable:
-            raise ReadOnlyEngineError(
-                "this engine is open read-only: the process holding its write lock takes changes"
-            )
+        """Fold the log into a new snapshot generation; returns the new generation. On a failure before the
+        commit (the rename of CURRENT) the engine and its files stay at the old generation."""
         with self._writer:
+            self._check_writable()
             return self._compact_locked()
 
     def _compact_locked(self) -> int:
@@ -386,26 +528,39 @@ class Engine:
             fresh = self.index.compacted()
         generation = self.generation + 1
         snapshots = self.state_dir / "snapshots"
+        target, tmp = snapshots / str(generation), snapshots / f".tmp-{generation}"
         snapshots.mkdir(exist_ok=True)
-        tmp = snapshots / f".tmp-{generation}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, target):  # of an attempt that failed
+            shutil.rmtree(leftover, ignore_errors=True)
         tmp.mkdir()
         fresh.save(tmp)
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                with open(path, "rb") as f:
-                    os.fsync(f.fileno())
-        os.replace(tmp, snapshots / str(generation))
+        fsync_tree(tmp)
+        os.replace(tmp, target)
         fsync_dir(snapshots)
-        new_log = open(self._log_path(generation), "ab")  # noqa: SIM115
-        os.fsync(new_log.fileno())
-        fsync_dir(self.state_dir)
-        atomic_write_text(self.state_dir / "CURRENT", json.dumps({"generation": generation}))
+        staged = self.state_dir / ".CURRENT.tmp"
+        fd = os.open(self._log_path(generation), _LOG_FLAGS | os.O_TRUNC, 0o644)
+        try:
+            os.fsync(fd)
+            fsync_dir(self.state_dir)
+            with open(staged, "w") as f:
+                f.write(json.dumps({"generation": generation}))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(staged, self.state_dir / "CURRENT")  # the commit point
+        except BaseException:
+            os.close(fd)
+            staged.unlink(missing_ok=True)
+            raise
         with self._rw.write():
-            old_log, self._log = self._log, new_log
+            old_fd, self._fd, self._log_size = self._fd, fd, 0
             self.index, self.generation, self.log_records = fresh, generation, 0
-        if old_log is not None:
-            old_log.close()
+        if old_fd is not None:
+            os.close(old_fd)
+        try:
+            fsync_dir(self.state_dir)
+        except OSError as exc:  # committed but perhaps not durable: keep the old generation's files
+            log.warning("%s: generation %d is not synced to disk yet (%s)", self.state_dir, generation, exc)
+            return generation
         self._remove_stale_files()
         return generation
 
@@ -419,6 +574,35 @@ class Engine:
             for path in snapshots.iterdir():
                 if path.name != str(self.generation):
                     shutil.rmtree(path, ignore_errors=True)
+
+
+def _try_lock(state_dir: Path) -> Any | None:
+    """The flock-ed LOCK file of a state folder, or None when another engine holds it."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock_file = open(state_dir / "LOCK", "a")  # noqa: SIM115 (held for the engine's lifetime)
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.close()
+        return None
+    return lock_file
+
+
+def _load(base_dir: Path, state_dir: Path, repair: bool) -> tuple[EngineIndex, int, int]:
+    """The newest generation's index with its log replayed, the generation and the number of log records."""
+    for attempt in range(2):
+        generation = _current_generation(state_dir)
+        folder = base_dir if generation == 0 else state_dir / "snapshots" / str(generation)
+        try:
+            index = EngineIndex.load(folder)
+            break
+        except FileNotFoundError:
+            if repair or attempt:  # a reader raced a compaction: read CURRENT again
+                raise
+    path = state_dir / f"wal-{generation}.log"
+    changes = read_log(path, repair=repair)
+    index.apply(replayable(index, changes, path))
+    return index, generation, len(changes)
 
 
 def _current_generation(state_dir: Path) -> int:

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from engine_fixtures import clustered, make_corpus, unit, write_version
 from fastapi.testclient import TestClient
+from faults import inject
 from hydra.errors import HydraException
 
 from ebr import registry
@@ -239,6 +240,11 @@ def test_a_second_server_on_the_same_home_serves_read_only(served: Path) -> None
         refused = second.post("/documents", json={"doc_id": 5, "terms": ["text:x"]})
         assert refused.status_code == 503 and "read-only" in refused.json()["detail"]
         assert first.post("/documents", json={"doc_id": 5, "terms": ["text:x"]}).status_code == 201
+        health = second.get("/healthz").json()
+        assert (
+            health["status"] == "read_only" and "LOCK is held by another engine" in health["read_only_reason"]
+        )
+        assert first.get("/healthz").json()["status"] == "ok"
 
 
 def test_timeouts_answer_504(served: Path) -> None:
@@ -294,6 +300,62 @@ def test_hot_reload_swaps_versions_without_failing_requests(served: Path, ebr_ho
         assert not swapper.check() and swapper.version == "v0002"
         assert "doc_ids.npy: checksum mismatch" in client.get("/healthz").json()["last_error"]
         assert client.post("/search", json={"expr": HYBRID, "vector": Q.tolist()}).status_code == 200
+
+
+def test_rollback_while_a_request_is_in_flight_keeps_the_server_writable(
+    served: Path, ebr_home: Path, trained
+) -> None:
+    config = load_engine_config()
+    swapper = HotSwapper(config)
+    write_version(ebr_home / "versions" / "v0002", make_corpus(seed=32, n=100), trained, RETRIEVER)
+    with TestClient(create_app(config, swapper=swapper, watch=False)) as client:
+        assert client.post("/documents", json={"doc_id": 5, "terms": ["text:x"]}).status_code == 201
+        with swapper.service() as slow:  # a slow search on v0001 while it is rolled back and forth
+            for version in ("v0002", "v0001"):
+                registry.set_served_version(version)
+                assert swapper.check()
+            health = client.get("/healthz").json()
+            assert (
+                health["status"] == "read_only"
+                and "LOCK is held by another engine" in health["read_only_reason"]
+            )
+            assert client.post("/documents", json={"doc_id": 6, "terms": ["text:x"]}).status_code == 503
+            assert slow.engine.writable  # the retired v0001 still holds the lock
+        assert not slow.engine.writable  # its last request ended: closed, the lock released
+        assert not swapper.check() and client.get("/healthz").json()["status"] == "ok"  # took the lock
+        assert client.post("/documents", json={"doc_id": 6, "terms": ["text:x"]}).status_code == 201
+        assert client.get("/documents/5").status_code == 200
+        # without the swapper's check, the first write takes the lock
+        with swapper.service() as slow:
+            for version in ("v0002", "v0001"):
+                registry.set_served_version(version)
+                assert swapper.check()
+        assert client.post("/documents", json={"doc_id": 7, "terms": ["text:x"]}).status_code == 201
+        assert {client.get(f"/documents/{d}").status_code for d in (5, 6, 7)} == {200}
+        assert client.get("/healthz").json() == {
+            "status": "ok",
+            "version": "v0001",
+            "read_only_reason": None,
+            "last_error": None,
+        }
+
+
+def test_a_failed_write_answers_500_and_a_broken_log_shows_in_healthz(served: Path) -> None:
+    new = {"doc_id": 5, "terms": ["text:fresh"]}
+    with TestClient(create_app(load_engine_config(), watch=False), raise_server_exceptions=False) as client:
+        with inject(1, kinds={"write"}) as faults:
+            assert client.post("/documents", json=new).status_code == 500
+        assert faults.failed is not None and faults.failed[0] == "write"  # the append to the log
+        assert client.get("/documents/5").status_code == 404
+        assert client.post("/documents", json=new).status_code == 201  # the retry
+        with inject(1, kinds={"write", "truncate"}, sticky=True):
+            refused = client.post("/documents", json={"doc_id": 6, "terms": ["text:fresh"]})
+        assert refused.status_code == 503 and "may or may not be logged" in refused.json()["detail"]
+        health = client.get("/healthz").json()
+        assert health["status"] == "read_only" and "cutting a failed append" in health["read_only_reason"]
+    with TestClient(create_app(load_engine_config(), watch=False)) as client:  # a restart
+        assert client.get("/healthz").json()["status"] == "ok"
+        assert client.get("/documents/5").status_code == 200 and client.get("/documents/6").status_code == 404
 
 
 def test_engine_settings_are_typed_at_composition_and_bad_ranges_are_named() -> None:
