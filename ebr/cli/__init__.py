@@ -26,9 +26,23 @@ def main() -> None:
 
 
 def _register() -> None:
-    from ebr.cli import ingest, mine, retrain, rollback, search, serve, simulate, train, versions
+    from ebr.cli import (
+        gc,
+        ingest,
+        mine,
+        prefect_api,
+        retrain,
+        rollback,
+        search,
+        serve,
+        simulate,
+        train,
+        versions,
+    )
 
-    for module in (simulate, ingest, retrain, mine, train, search, serve, versions, rollback):
+    for module in (simulate, ingest, retrain, mine, train, search, serve, versions, rollback, gc):
+        if module.command.name in prefect_api.FLOW_COMMANDS:  # their Prefect API dies with them
+            module.command.callback = prefect_api.supervised(module.command.callback)
         main.add_command(module.command)
 
 

@@ -11,7 +11,8 @@ def command(version: str) -> None:
     """Serve VERSION (see `ebr versions`) after checking every file against its manifest.
 
     The switch is atomic (serving.json is replaced in one rename) and recorded in the registry's
-    serving_events. An unknown or corrupted version is refused and the served version stays as it is.
+    serving_events. An unknown or corrupted version is refused and the served version stays as it is; a
+    version folder the registry does not know is registered first with `ebr versions --adopt VERSION`.
     """
     import duckdb
 

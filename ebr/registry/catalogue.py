@@ -2,9 +2,10 @@
 what was served when, and the repairs an interrupted publication needs.
 
 Tables: `published_versions(version, created_at, status, run_id, gate_passed, gate_json, metrics_json,
-manifest_path)` and `serving_events(ts, action, version, previous)` (action: publish, rollback, adopt).
-Every change runs under an exclusive lock on versions/.lock (`locked`), released by the OS if the process
-dies.
+manifest_path)` (status: published, or deleted by `ebr gc`) and `serving_events(ts, action, version,
+previous)` (action: publish, rollback, adopt). Every change runs under an exclusive lock on versions/.lock
+(`locked`), released by the OS if the process dies. Nothing here deletes a folder: version folders the
+catalogue does not know are reported and can be adopted (`adopt`); only `ebr gc` deletes (ebr/registry/gc.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import fcntl
 import json
 import logging
 import re
-import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -52,6 +52,10 @@ class UnknownVersionError(LookupError):
     """No published version of that name."""
 
 
+class AdoptionError(ValueError):
+    """A folder that cannot be registered as a version (the message names it and why)."""
+
+
 @contextmanager
 def locked() -> Iterator[None]:
     """An exclusive lock on versions/ (released by the OS if the process dies)."""
@@ -71,7 +75,22 @@ def connect() -> duckdb.DuckDBPyConnection:
 
 
 def registered(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Every name the catalogue ever gave, deleted versions included (a name is never reused)."""
     return {r[0] for r in con.execute("SELECT version FROM published_versions").fetchall()}
+
+
+def published(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The registered versions `ebr gc` has not deleted."""
+    rows = con.execute("SELECT version FROM published_versions WHERE status <> 'deleted'").fetchall()
+    return {r[0] for r in rows}
+
+
+def version_folders() -> list[str]:
+    """The names of the version folders in versions/ (staging folders excluded), sorted."""
+    folder = home.versions_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and VERSION_NAME.match(p.name))
 
 
 def version_of_run(con: duckdb.DuckDBPyConnection, run_id: str) -> str | None:
@@ -94,9 +113,10 @@ def utc(value: str | None = None) -> datetime:
 
 
 def record(
-    con: duckdb.DuckDBPyConnection, manifest: Mapping[str, Any], action: str, previous: str | None
+    con: duckdb.DuckDBPyConnection, manifest: Mapping[str, Any], action: str | None, previous: str | None
 ) -> None:
-    """Register a version from its manifest and the serving event, in one transaction."""
+    """Register a version from its manifest and the serving event (none when `action` is None), in one
+    transaction."""
     version = manifest["version"]
     gate = manifest.get("gate") or {}
     con.execute("BEGIN")
@@ -112,7 +132,8 @@ def record(
             str(home.versions_dir() / version / registry.MANIFEST),
         ],
     )
-    con.execute("INSERT INTO serving_events VALUES (?, ?, ?, ?)", [utc(), action, version, previous])
+    if action is not None:
+        con.execute("INSERT INTO serving_events VALUES (?, ?, ?, ?)", [utc(), action, version, previous])
     con.execute("COMMIT")
 
 
@@ -121,43 +142,76 @@ def read_manifest(version: str) -> dict[str, Any]:
 
 
 def reconcile(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
-    """Repair what an interrupted publication left (call under the lock); returns what was done."""
-    versions = home.versions_dir()
-    done: dict[str, list[str]] = {"removed_staging": [], "removed_unpromoted": [], "adopted": []}
-    for path in sorted(versions.glob(f"{STAGING_PREFIX}*")):
-        shutil.rmtree(path)
-        done["removed_staging"].append(path.name)
-    known, served = registered(con), registry.served_version()
-    for path in sorted(p for p in versions.iterdir() if p.is_dir() and VERSION_NAME.match(p.name)):
-        if path.name in known:
-            continue
-        if path.name == served:
-            record(con, read_manifest(served), "adopt", None)
-            done["adopted"].append(served)
-        else:
-            shutil.rmtree(path)
-            done["removed_unpromoted"].append(path.name)
-    if any(done.values()):
-        log.warning("repaired an interrupted publication in %s: %s", versions, done)
+    """Register a served version whose catalogue row a crash lost, and report what the catalogue and
+    versions/ disagree on (call under the lock); deletes nothing. Returns `adopted` (the served version, now
+    registered), `unknown` (version folders not registered: `adopt` or `ebr gc`), `missing` (registered
+    versions whose folder is gone) and `staging` (leftovers of interrupted publications: `ebr gc`)."""
+    folders, served = version_folders(), registry.served_version()
+    done: dict[str, list[str]] = {"adopted": [], "unknown": [], "missing": [], "staging": []}
+    if served is not None and served in folders and served not in registered(con):
+        record(con, read_manifest(served), "adopt", None)
+        done["adopted"].append(served)
+    known = registered(con)
+    done["unknown"] = [name for name in folders if name not in known]
+    done["missing"] = sorted(published(con) - set(folders))
+    done["staging"] = sorted(p.name for p in home.versions_dir().glob(f"{STAGING_PREFIX}*"))
+    if done["adopted"]:
+        log.warning("registered the served version %s (its catalogue row was lost)", served)
+    if done["unknown"]:
+        log.warning(
+            "version folders not in the registry (kept; register with `ebr versions --adopt V`): %s",
+            ", ".join(done["unknown"]),
+        )
+    if done["missing"]:
+        log.warning("registered versions whose folder is gone: %s", ", ".join(done["missing"]))
     return done
 
 
+def adopt(version: str) -> dict[str, Any]:
+    """Register versions/<version>/ after verifying it (serving unchanged); returns its manifest."""
+    folder = home.versions_dir() / version
+    with locked(), connect() as con:
+        if version in registered(con):
+            raise AdoptionError(f"{folder}: {version} is already registered")
+        if not VERSION_NAME.match(version) or not folder.is_dir():
+            raise AdoptionError(f"{folder}: no such version folder")
+        try:
+            manifest = registry.verify_version(folder)
+        except registry.CorruptVersionError as exc:
+            raise AdoptionError(f"cannot adopt {version}: {exc}") from None
+        if manifest.get("version") != version:
+            raise AdoptionError(f"{folder}: its manifest names version {manifest.get('version')!r}")
+        record(con, manifest, None, None)
+    log.warning("adopted version folder %s into the registry", folder)
+    return manifest
+
+
 def next_version(con: duckdb.DuckDBPyConnection) -> str:
-    names = registered(con) | {p.name for p in home.versions_dir().iterdir() if VERSION_NAME.match(p.name)}
+    names = registered(con) | set(version_folders())
     return f"v{max((int(n[1:]) for n in names), default=0) + 1:04d}"
 
 
 def rollback(version: str) -> str | None:
     """Serve an earlier published version after verifying it; returns the version served before."""
     with locked(), connect() as con:
-        reconcile(con)
-        if version not in registered(con):
-            known = ", ".join(sorted(registered(con))) or "none"
-            raise UnknownVersionError(f"unknown version {version!r} (published versions: {known})")
+        found = reconcile(con)
+        if version not in published(con):
+            known = ", ".join(sorted(published(con))) or "none"
+            hint = (
+                "; its folder is not registered: `ebr versions --adopt` it"
+                if version in found["unknown"]
+                else ""
+            )
+            raise UnknownVersionError(f"unknown version {version!r} (published versions: {known}){hint}")
         registry.verify_version(home.versions_dir() / version)
         previous = registry.served_version()
-        registry.set_served_version(version)
-        con.execute("INSERT INTO serving_events VALUES (?, 'rollback', ?, ?)", [utc(), version, previous])
+        try:
+            registry.set_served_version(version)
+        finally:
+            if registry.served_version() == version:  # switched, even if a later fsync failed
+                con.execute(
+                    "INSERT INTO serving_events VALUES (?, 'rollback', ?, ?)", [utc(), version, previous]
+                )
     return previous
 
 
@@ -195,9 +249,11 @@ def _entry(
 
 
 def list_versions(verify: bool = False) -> list[dict[str, Any]]:
-    """Published versions, oldest first, with gate metrics and which one is served (staging and unpromoted
-    folders are not versions). With verify=True each entry gets `verified` (and `error` when corrupt)."""
-    served = registry.served_version()
+    """Every version, oldest first, with gate metrics and which one is served; its status is `published`,
+    `missing` (registered, folder gone), `unregistered` (a folder the catalogue does not know: `adopt` it)
+    or `published (not yet recorded)` (served, its row lost). Staging folders are not versions; versions
+    `ebr gc` deleted are not listed. With verify=True each entry gets `verified` (and `error`)."""
+    served, folders = registry.served_version(), set(version_folders())
     rows = []
     if home.db_path().is_file():
         with duckdb.connect(str(home.db_path()), read_only=True) as con:
@@ -209,17 +265,23 @@ def list_versions(verify: bool = False) -> list[dict[str, Any]]:
                     "SELECT version, created_at, status, run_id, gate_json, manifest_path "
                     "FROM published_versions"
                 ).fetchall()
-    entries = {r[0]: _entry(r[0], r[1], r[2], r[3], json.loads(r[4] or "{}"), r[5], served) for r in rows}
-    if served is not None and served not in entries:  # a crash between serving and recording it
-        manifest = read_manifest(served)
-        entries[served] = _entry(
-            served,
-            manifest["created_at"],
-            "published (not yet recorded)",
-            manifest.get("run_id"),
-            manifest.get("gate") or {},
-            str(home.versions_dir() / served / registry.MANIFEST),
-            served,
+    entries = {
+        r[0]: _entry(
+            r[0], r[1], r[2] if r[0] in folders else "missing", r[3], json.loads(r[4] or "{}"), r[5], served
+        )
+        for r in rows
+        if r[2] != "deleted"
+    }
+    for name in sorted(folders - {r[0] for r in rows}):
+        status = "published (not yet recorded)" if name == served else "unregistered"
+        path = home.versions_dir() / name / registry.MANIFEST
+        try:
+            manifest = read_manifest(name)
+        except (OSError, ValueError):
+            manifest = {"created_at": None}
+        gate = manifest.get("gate") if isinstance(manifest.get("gate"), dict) else {}
+        entries[name] = _entry(
+            name, manifest.get("created_at"), status, manifest.get("run_id"), gate, str(path), served
         )
     out = [entries[v] for v in sorted(entries)]
     if verify:

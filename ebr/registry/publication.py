@@ -4,16 +4,18 @@ measured as it would be served, and only then promoted into versions/ and served
 Staging (`stage_version`) writes every file of a version into a folder of its own (a run's folder, or
 versions/.staging-*), builds the engine index from the trained quantisers, writes the manifest with the
 sha256 of every file, and fsyncs it all. Promotion (`promote`), under the catalogue's lock:
-  1. reconcile: delete staging folders and unpromoted versions left by a crash, register a served version
-     whose registry row a crash lost; a run that already published returns its version (idempotent per run);
-  2. copy the staged folder (hard links: no data copied) into versions/.staging-<version>-<pid>/, rewrite its
-     manifest with the version name and the gate's verdict, fsync;
+  1. reconcile: register a served version whose registry row a crash lost and report what a crash left
+     (nothing is deleted); a run that already published returns its version (idempotent per run);
+  2. copy the staged folder (hard links: no data copied) into versions/.staging-<version>-<pid>-<hex>/,
+     rewrite its manifest with the version name and the gate's verdict, fsync;
   3. rename it to versions/<version>/ (atomic on one file system) and verify it;
   4. flip serving.json to the new version (atomic replace): the commit point;
   5. record the version and the serving event in the catalogue.
-A kill before 4 leaves the previous version served and the new one invisible (and removed by the next
-publication); a kill after 4 leaves the new one served, listed from its manifest until step 1 of the next
-publication or rollback records it. `STEP_HOOK` is called after each step (tests kill the process there).
+An error before 4 removes this call's own folder and leaves the previous version served. A kill before 4
+leaves the previous version served and the new folder unlisted (a `.staging-*` leftover for `ebr gc`, or after
+3 an unregistered version folder, reported and adoptable); a kill after 4 leaves the new one served, listed
+from its manifest until step 1 of the next publication or rollback records it. `STEP_HOOK` is called after
+each step (tests kill the process there).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping
@@ -238,6 +241,12 @@ def _new_version(con: duckdb.DuckDBPyConnection, version: str | None) -> tuple[s
     return version, final
 
 
+def _staging_dir(version: str) -> Path:
+    """A fresh staging folder name in versions/ (unique even when a dead process had this pid)."""
+    name = f"{catalogue.STAGING_PREFIX}{version}-{os.getpid()}-{secrets.token_hex(3)}"
+    return home.versions_dir() / name
+
+
 def _link_tree(source: Path, target: Path) -> None:
     """A copy of `source` at `target` whose files are hard links (a full copy where links are refused)."""
     try:
@@ -262,7 +271,7 @@ def promote(
             return PublishedVersion(done, path, registry.verify_version(path))
         registry.verify_version(staged)
         version, final = _new_version(con, version)
-        copy = home.versions_dir() / f"{catalogue.STAGING_PREFIX}{version}-{os.getpid()}"
+        copy = _staging_dir(version)
         try:
             _link_tree(staged, copy)
             manifest = json.loads((copy / registry.MANIFEST).read_text()) | {
@@ -283,12 +292,21 @@ def promote(
 def _promote_locked(
     con: duckdb.DuckDBPyConnection, copy: Path, final: Path, manifest: dict[str, Any]
 ) -> PublishedVersion:
-    os.rename(copy, final)
-    fsync_dir(home.versions_dir())
-    _step("renamed")
-    registry.verify_version(final)
+    try:
+        os.rename(copy, final)
+    except BaseException:
+        shutil.rmtree(copy, ignore_errors=True)
+        raise
     previous = registry.served_version()
-    registry.set_served_version(final.name)
+    try:
+        fsync_dir(home.versions_dir())
+        _step("renamed")
+        registry.verify_version(final)
+        registry.set_served_version(final.name)
+    except BaseException:
+        if registry.served_version() != final.name:  # not committed: this call's folder, never served
+            shutil.rmtree(final, ignore_errors=True)
+        raise
     _step("served")
     catalogue.record(con, manifest, "publish", previous)
     _step("recorded")
@@ -312,7 +330,7 @@ def publish_version(
     with catalogue.locked(), catalogue.connect() as con:
         catalogue.reconcile(con)
         version, final = _new_version(con, version)
-        staging = home.versions_dir() / f"{catalogue.STAGING_PREFIX}{version}-{os.getpid()}"
+        staging = _staging_dir(version)
         try:
             stage_version(pieces, staging, metrics, config, run_id, data)
             manifest = json.loads((staging / registry.MANIFEST).read_text()) | {
@@ -322,7 +340,7 @@ def publish_version(
             atomic_write_text(
                 staging / registry.MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str)
             )
-        except Exception:
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return _promote_locked(con, staging, final, manifest)

@@ -19,8 +19,10 @@ from publish_pieces import GATE, VERTICALS, make_pieces, make_world, passing_gat
 from ebr import home, registry
 from ebr.cli import rollback as rollback_cmd
 from ebr.cli import versions as versions_cmd
+from ebr.config import GcConfig
 from ebr.evaluation.gate import GateFailedError, enforce, evaluate_gate
 from ebr.registry import catalogue, publication
+from ebr.registry.gc import collect
 from ebr.retrieval.config import load_engine_config
 from ebr.retrieval.service import SearchService
 from ebr.steps.gate import published_recall, served_recall
@@ -186,7 +188,7 @@ def test_cli_versions_json_and_rollback(published, tmp_path, world):
 def test_cli_registers_versions_and_rollback():
     from ebr.cli import main
 
-    assert {"versions", "rollback"} <= set(main.commands)
+    assert {"versions", "rollback", "gc"} <= set(main.commands)
 
 
 KILL_STEPS = ["staged", "wrote:embeddings/unified.npy", *[s for s in publication.STEPS if s != "staged"]]
@@ -207,29 +209,43 @@ def test_kill_during_publication_keeps_the_previous_version(published, tmp_path,
     assert child.returncode == -9, child.stderr  # killed at the step, not finished or failed
     steps = publication.STEPS
     committed = steps.index(step) >= steps.index("served") if step in steps else False
+    unpromoted = ["v0002"] if step == "renamed" else []  # complete, never served: kept and reported
     expected = ["v0001", "v0002"] if committed else ["v0001"]
     assert registry.served_version() == expected[-1]
     listed = catalogue.list_versions(verify=True)
-    assert [v["version"] for v in listed] == expected and all(v["verified"] for v in listed)
+    assert [v["version"] for v in listed if v["status"] != "unregistered"] == expected
+    assert [v["version"] for v in listed if v["status"] == "unregistered"] == unpromoted
+    assert all(v["verified"] for v in listed)
     SearchService.open(registry.served_version_dir(), ENGINE, writable=False).close()  # serving still loads
-    # the next publication cleans up and succeeds
+    # the next publication deletes nothing and succeeds under a fresh name
     nxt = publication.publish_version(make_pieces(world, tmp_path, seed=3), passing_gate(), {}, {}, "run-3")
-    assert nxt.version == f"v000{len(expected) + 1}"
-    assert _entries() == [*expected, nxt.version]
+    assert nxt.version == f"v000{len(expected) + len(unpromoted) + 1}"
+    left = [e for e in _entries() if e.startswith(".staging-")]
+    assert bool(left) == (not committed and not unpromoted)  # a kill while staging leaves its folder
+    assert [e for e in _entries() if e not in left] == sorted([*expected, *unpromoted, nxt.version])
     with duckdb.connect(str(home.db_path()), read_only=True) as con:
         registered = [
             r[0] for r in con.execute("SELECT version FROM published_versions ORDER BY 1").fetchall()
         ]
     assert registered == [*expected, nxt.version]
+    if unpromoted:  # the unpromoted version verifies and can be registered (and rolled back to)
+        catalogue.adopt("v0002")
+        assert catalogue.rollback("v0002") == nxt.version
+    report = collect(GcConfig(keep_versions=5, keep_runs=10, keep_checkpoints=3))
+    assert [d.name for d in report.deletions] == left and not any(e in left for e in _entries())
 
 
-def test_staging_leftovers_are_invisible_and_cleaned(published, tmp_path, world):
+def test_staging_leftovers_are_invisible_and_only_gc_deletes_them(published, tmp_path, world):
     staging = home.versions_dir() / ".staging-v0002-999"
     shutil.copytree(published.path, staging)
     (staging / "half.npy").write_bytes(b"partial")
     assert [v["version"] for v in catalogue.list_versions()] == ["v0001"]
     publication.publish_version(make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2")
-    assert not staging.exists()
+    assert staging.exists()  # only gc deletes
+    assert [
+        d.kind for d in collect(GcConfig(keep_versions=5, keep_runs=10, keep_checkpoints=3)).deletions
+    ] == ["staging"]
+    assert not staging.exists() and _entries() == ["v0001", "v0002"]
 
 
 def test_gate_against_the_served_version(published, tmp_path, world):
