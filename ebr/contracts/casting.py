@@ -29,6 +29,11 @@ def quote_str(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def excerpt(text: str, limit: int = 80) -> str:
+    """Input text as an error message may show it: escaped (repr) and cut to `limit` characters."""
+    return repr(text[:limit])
+
+
 def _family(raw_type: str) -> str:
     if raw_type == '"NULL"' or raw_type == "NULL":
         return "null"

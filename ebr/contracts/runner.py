@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from ebr.contracts.casting import excerpt
 from ebr.contracts.checks import PARSEABLE
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
@@ -207,7 +208,8 @@ class ContractRunner:
             if expectation.type == "expect_table_columns_to_match_set":
                 missing = sorted(set(expectation.kwargs["column_set"]) - set(sample.columns))
                 problems.append(
-                    f"missing columns {', '.join(missing)} (found: {', '.join(map(str, sample.columns))})"
+                    f"missing columns {', '.join(missing)} "
+                    f"(found: {excerpt(', '.join(map(str, sample.columns)), 200)})"
                 )
             elif expectation.type == "expect_table_row_count_to_be_between":
                 problems.append("no rows")

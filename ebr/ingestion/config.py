@@ -31,6 +31,7 @@ class IngestConfig:
     sample_failures: int
     verticals: tuple[str, ...] | None  # None: any vertical
     document_columns: dict[str, str]  # extra document column -> its kind
+    outside_links: bool  # read links whose target is outside the logs folder
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any] | DictConfig) -> IngestConfig:
@@ -43,7 +44,12 @@ class IngestConfig:
             sample_failures=int(raw["sample_failures"]),
             verticals=_verticals(raw["verticals"]),
             document_columns=_document_columns(raw["documents"]["columns"]),
+            outside_links=raw["outside_links"],
         )
+        if not isinstance(config.outside_links, bool):
+            raise IngestConfigError(
+                f"ingest.outside_links must be true or false, got {config.outside_links!r}"
+            )
         if not 0.0 <= config.max_bad_fraction <= 1.0:
             raise IngestConfigError(
                 f"ingest.max_bad_fraction must be in [0, 1], got {config.max_bad_fraction}"

@@ -87,7 +87,7 @@ def _ingest(
     con: duckdb.DuckDBPyConnection, logs_dir: Path, config: IngestConfig, result: IngestResult
 ) -> None:
     """The run under the contracts of the folder's schema_version; a failed run keeps the results so far."""
-    result.schema_version = read_schema_version(logs_dir)
+    result.schema_version = read_schema_version(logs_dir, config.outside_links)
     runner = ContractRunner(
         config.suite_params(result.schema_version), sample_failures=config.sample_failures
     )
@@ -105,7 +105,7 @@ def _load(
     result: IngestResult,
 ) -> None:
     tables = config.log_tables()
-    sources = find_sources(logs_dir, tables)
+    sources = find_sources(logs_dir, tables, config.outside_links)
     result.files = {s.table.name: [str(p) for p in s.files] for s in sources}
     given, loaded = {s.table.name for s in sources}, _loaded_tables(con)
     missing = [t.name for t in tables if t.required and t.name not in given | loaded]

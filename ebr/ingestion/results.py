@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ebr.ingestion.errors import IngestError
 from ebr.schema import SCHEMA_VERSION
 
 
@@ -15,6 +16,14 @@ class TableCounts:
     loaded: int = 0  # rows inserted
     quarantined: int = 0  # rows that failed an expectation (one quarantine record per failed expectation)
     skipped_existing: int = 0  # rows identical to a loaded row, or to an earlier row of this input
+
+    def check(self, table: str) -> None:
+        """IngestError unless every row read is loaded, quarantined or skipped, once."""
+        if self.read != self.loaded + self.quarantined + self.skipped_existing:
+            raise IngestError(
+                f"{table}: {self.read} rows read but {self.loaded} loaded + {self.quarantined} quarantined + "
+                f"{self.skipped_existing} skipped: rows unaccounted for, nothing loaded"
+            )
 
 
 @dataclass

@@ -3,21 +3,22 @@ table's files: each file read into a temporary table, its columns converted to t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
 
 from ebr.contracts import ContractRunner
-from ebr.contracts.casting import cast_sql, quote_str
+from ebr.contracts.casting import cast_sql, excerpt, quote_str
 from ebr.contracts.casting import quote_ident as q
 from ebr.ingestion.discover import TableSource, file_format
 from ebr.ingestion.errors import IngestConfigError, MalformedInputError, first_line
-from ebr.ingestion.validate import reject_untyped_columns, scalar
-from ebr.schema import LOG_TABLES, Table
+from ebr.ingestion.validate import scalar
+from ebr.schema import LOG_TABLES, Column, Table
 
 # The names the staging tables use themselves (an extra document column may not take one).
-STAGING_COLUMNS = ("row_id", "file_id", "source_row", "type_errors", "rid", "rowid")
+STAGING_COLUMNS = ("row_id", "file_id", "source_row", "type_errors", "rowid")
 
 RUNS_DDL = """CREATE TABLE IF NOT EXISTS main.ingest_runs (
     run_id VARCHAR PRIMARY KEY, started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR,
@@ -66,13 +67,29 @@ def _migrate(con: duckdb.DuckDBPyConnection, table: Table) -> None:
             con.execute(f"ALTER TABLE main.{t} ALTER COLUMN {q(c.name)} DROP NOT NULL")
 
 
+def _literal_path(path: Path) -> str:
+    """`path` as a DuckDB file pattern that matches only itself: `*`, `?` and `[` bracketed."""
+    return re.sub(r"([*?\[])", r"[\1]", str(path))
+
+
 def _reader(path: Path) -> str:
-    p = quote_str(str(path))
+    p = quote_str(_literal_path(path))
     return {
         "parquet": f"read_parquet({p})",
         "csv": f"read_csv({p}, header = true, all_varchar = true)",
         "json": f"read_json({p}, format = 'newline_delimited', sample_size = -1)",
     }[file_format(path)]
+
+
+def _raw_value(column: str) -> str:
+    """SQL for a column of the file in its raw table (a field of `record`)."""
+    return f"record[{quote_str(column)}]"
+
+
+def _fresh_name(taken: Sequence[str]) -> str:
+    """An identifier none of `taken` is equal to (DuckDB compares names without case)."""
+    lower = {name.lower() for name in taken}
+    return next(f"r{i}" for i in range(len(lower) + 1) if f"r{i}" not in lower)
 
 
 def typed_columns(table: Table) -> str:
@@ -84,7 +101,9 @@ def stage_source(con: duckdb.DuckDBPyConnection, runner: ContractRunner, source:
     """Read every file of a table into temp.stage_<table>: row_id, file_id, source_row, the typed columns
     and type_errors (which values did not parse).
 
-    The raw files stay as temp.raw_<table>_<file_id> (the quarantine keeps a bad row as it was read)."""
+    Each file stays as temp.raw_<table>_<file_id> (source_row, record: the row as read, a struct of the file's
+    columns), so that no input column can shadow a name the ingestion uses; the quarantine keeps a bad row as
+    it was read."""
     table = source.table
     t = table.name
     con.execute(
@@ -96,14 +115,22 @@ def stage_source(con: duckdb.DuckDBPyConnection, runner: ContractRunner, source:
         if path.stat().st_size == 0:
             raise MalformedInputError(f"{path}: empty file")
         raw = f"temp.raw_{t}_{file_id}"
+        reader = _reader(path)
         try:
-            con.execute(f"CREATE TEMP TABLE raw_{t}_{file_id} AS SELECT * FROM {_reader(path)}")
+            names = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()]
+            row = q(_fresh_name(names))  # the file's row as a struct: an alias no column of the file takes
+            con.execute(
+                f"CREATE TEMP TABLE raw_{t}_{file_id} AS "
+                f"SELECT row_number() OVER () AS source_row, {row} AS record FROM {reader} {row}"
+            )
         except duckdb.Error as e:
             raise MalformedInputError(
-                f"{path}: cannot be read as {file_format(path)}: {first_line(e)}"
+                f"{path}: cannot be read as {file_format(path)}: "
+                f"{excerpt(first_line(e).replace(str(path), '...'))}"  # the path is named already
             ) from None
-        types = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {raw})").fetchall())
-        problems = runner.check_file(t, con.execute(f"SELECT * FROM {raw} LIMIT 1").df())
+        described = con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT record.* FROM {raw})")
+        types = dict(described.fetchall())
+        problems = runner.check_file(t, con.execute(f"SELECT record.* FROM {raw} LIMIT 1").df())
         if problems:
             raise MalformedInputError(f"{path}: {'; '.join(problems)}")
         typed, errors = [], []
@@ -111,17 +138,17 @@ def stage_source(con: duckdb.DuckDBPyConnection, runner: ContractRunner, source:
             if c.name not in types:  # a nullable or declared column the file does not have
                 typed.append(f"CAST(NULL AS {c.sql_type}) AS {q(c.name)}")
                 continue
-            expr = cast_sql(q(c.name), types[c.name], c.sql_type)
+            expr = cast_sql(_raw_value(c.name), types[c.name], c.sql_type)
             if expr is None:
                 raise MalformedInputError(
                     f"{path}: column {c.name} is {types[c.name]}, which cannot hold {c.sql_type}"
                 )
             typed.append(f"{expr} AS {q(c.name)}")
-            typed.append(f"{q(c.name)} AS {q('raw.' + c.name)}")
-            raw_value = q("raw." + c.name)
+            typed.append(f"{_raw_value(c.name)} AS {q('raw.' + c.name)}")
+            value = q("raw." + c.name)
             if types[c.name] == "JSON":  # a JSON string's text, without its quotes
-                raw_value = f"json_extract_string({raw_value}, '$')"
-            raw_text = f"left(CAST({raw_value} AS VARCHAR), 60)"
+                value = f"json_extract_string({value}, '$')"
+            raw_text = f"left(CAST({value} AS VARCHAR), 60)"
             errors.append(
                 f"CASE WHEN {q('raw.' + c.name)} IS NOT NULL AND {q(c.name)} IS NULL "
                 f"THEN {quote_str(c.name + ' ')} || {quote_str(chr(39))} || {raw_text} || "
@@ -129,9 +156,29 @@ def stage_source(con: duckdb.DuckDBPyConnection, runner: ContractRunner, source:
             )
         columns = ", ".join(q(c.name) for c in table.columns)
         con.execute(
-            f"INSERT INTO temp.stage_{t} SELECT {offset} + rid, {file_id}, rid + 1, {columns}, "
+            f"INSERT INTO temp.stage_{t} SELECT {offset} + source_row - 1, {file_id}, source_row, {columns}, "
             f"NULLIF(concat_ws('; ', {', '.join(errors)}), '') "
-            f"FROM (SELECT rowid AS rid, {', '.join(typed)} FROM {raw})"
+            f"FROM (SELECT source_row, {', '.join(typed)} FROM {raw})"
         )
-        reject_untyped_columns(con, path, table, raw, file_id, [c for c in table.columns if c.name in types])
+        _reject_untyped_columns(con, path, table, raw, file_id, [c for c in table.columns if c.name in types])
         offset += scalar(con, f"SELECT count(*) FROM {raw}")
+
+
+def _reject_untyped_columns(
+    con: duckdb.DuckDBPyConnection, path: Path, table: Table, raw: str, file_id: int, present: list[Column]
+) -> None:
+    """A column none of whose values parses has the wrong type: the file is malformed, not its rows."""
+    raw_counts = con.execute(
+        f"SELECT {', '.join(f'count({_raw_value(c.name)})' for c in present)} FROM {raw}"
+    ).fetchone()
+    typed_counts = con.execute(
+        f"SELECT {', '.join(f'count({q(c.name)})' for c in present)} "
+        f"FROM temp.stage_{table.name} WHERE file_id = {file_id}"
+    ).fetchone()
+    for c, n_raw, n_typed in zip(present, raw_counts, typed_counts, strict=True):
+        if n_raw and not n_typed:
+            value = _raw_value(c.name)
+            first = scalar(con, f"SELECT {value}::VARCHAR FROM {raw} WHERE {value} IS NOT NULL LIMIT 1")
+            raise MalformedInputError(
+                f"{path}: column {c.name}: no value can be read as {c.sql_type} (first: {excerpt(first)})"
+            )

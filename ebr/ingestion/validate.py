@@ -1,9 +1,8 @@
-"""Validation under the data contracts: a file with a column of the wrong type is refused; each staged table
-is split into skipped, quarantined and accepted rows; too large a quarantined share fails the run."""
+"""Validation under the data contracts: each staged table is split into skipped, quarantined and accepted
+rows; too large a quarantined share fails the run."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -12,34 +11,14 @@ import pandas as pd
 from ebr.contracts import ContractRunner, load_contract
 from ebr.contracts.casting import quote_ident as q
 from ebr.contracts.checks import CheckContext, check_query, skip_reason
-from ebr.ingestion.errors import BadShareError, MalformedInputError
+from ebr.ingestion.errors import BadShareError
 from ebr.ingestion.results import IngestResult, TableCounts
-from ebr.schema import TABLES, Column, Table
+from ebr.schema import TABLES, Table
 
 
 def scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
     """The one value of a query."""
     return con.execute(sql).fetchone()[0]
-
-
-def reject_untyped_columns(
-    con: duckdb.DuckDBPyConnection, path: Path, table: Table, raw: str, file_id: int, present: list[Column]
-) -> None:
-    """A column none of whose values parses has the wrong type: the file is malformed, not its rows."""
-    raw_counts = con.execute(
-        f"SELECT {', '.join(f'count({q(c.name)})' for c in present)} FROM {raw}"
-    ).fetchone()
-    typed_counts = con.execute(
-        f"SELECT {', '.join(f'count({q(c.name)})' for c in present)} "
-        f"FROM temp.stage_{table.name} WHERE file_id = {file_id}"
-    ).fetchone()
-    for c, n_raw, n_typed in zip(present, raw_counts, typed_counts, strict=True):
-        if n_raw and not n_typed:
-            value = f"left(CAST({q(c.name)} AS VARCHAR), 60)"  # as in type_errors: long texts stay short
-            first = scalar(con, f"SELECT {value} FROM {raw} WHERE {q(c.name)} IS NOT NULL LIMIT 1")
-            raise MalformedInputError(
-                f"{path}: column {c.name}: no value can be read as {c.sql_type} (first: {first!r})"
-            )
 
 
 def validate_table(
@@ -104,12 +83,14 @@ def validate_table(
         f"INSERT INTO temp.accepted_{t} SELECT * FROM temp.batch_{t} "
         f"WHERE row_id NOT IN (SELECT row_id FROM temp.bad_{t})"
     )
-    return TableCounts(
+    counts = TableCounts(
         read=n_rows,
         loaded=scalar(con, f"SELECT count(*) FROM temp.accepted_{t}"),
         quarantined=scalar(con, f"SELECT count(DISTINCT row_id) FROM temp.bad_{t}"),
         skipped_existing=scalar(con, f"SELECT count(*) FROM temp.skipped_{t}"),
     )
+    counts.check(t)
+    return counts
 
 
 def check_bad_share(result: IngestResult, max_bad_fraction: float) -> None:

@@ -30,9 +30,9 @@ def write_rows(con: duckdb.DuckDBPyConnection, run_id: str, sources: list[TableS
                 SELECT * FROM (
                     SELECT {quote_str(run_id)} AS run_id, {quote_str(t)} AS table_name,
                            {quote_str(str(path))} AS source_file, s.source_row, b.expectation, b.reason,
-                           CAST(to_json(r) AS VARCHAR) AS row_json
+                           CAST(to_json(r.record) AS VARCHAR) AS row_json
                     FROM temp.bad_{t} b JOIN temp.stage_{t} s USING (row_id)
-                    JOIN temp.raw_{t}_{file_id} r ON r.rowid + 1 = s.source_row
+                    JOIN temp.raw_{t}_{file_id} r ON r.source_row = s.source_row
                     WHERE s.file_id = {file_id}) n
                 WHERE NOT EXISTS (
                     SELECT 1 FROM main.quarantine x

@@ -35,7 +35,7 @@ def _header_only(logs: Path) -> str:
 def _missing_column(logs: Path) -> str:
     (logs / "impressions.parquet").unlink()
     write_table(logs / "impressions.jsonl", clean_logs()["impressions"].drop(columns=["clicked"]))
-    return "impressions.jsonl: missing columns clicked (found: session_id, doc_id, position)"
+    return "impressions.jsonl: missing columns clicked (found: 'session_id, doc_id, position')"
 
 
 def _wrong_type(logs: Path) -> str:
