@@ -35,6 +35,9 @@ class Limits:
     max_k: int = MISSING
     default_nprobe: int = MISSING
     max_rerank: int = MISSING
+    max_expanded_nodes: int = MISSING
+    max_query_terms: int = MISSING
+    max_term_chars: int = MISSING
 
 
 @dataclass
@@ -56,11 +59,21 @@ class StoreConfig:
 
 @dataclass
 class HttpConfig:
+    """The HTTP API: binding, deadlines, admission, size limits and authentication."""
+
     host: str = MISSING
     port: int = MISSING
     request_timeout_s: float = MISSING
     reload_poll_s: float = MISSING
     max_vector_dims: int = MISSING
+    max_body_bytes: int = MISSING
+    max_document_bytes: int = MISSING
+    max_concurrent_searches: int = MISSING
+    max_concurrent_writes: int = MISSING
+    allowed_hosts: list[str] = MISSING
+    auth_search: bool = MISSING
+    allow_unauthenticated_writes: bool = MISSING
+    token_file: str | None = None  # else $EBR_API_TOKEN
 
 
 @dataclass
@@ -372,6 +385,15 @@ class GateBaselines:
 
 
 @dataclass
+class GcConfig:
+    """The retention policy of `ebr gc` (conf/gc/default.yaml; ebr/registry/gc.py applies it)."""
+
+    keep_versions: int = MISSING
+    keep_runs: int = MISSING
+    keep_checkpoints: int = MISSING
+
+
+@dataclass
 class GateSchema:
     sessions: str = MISSING
     k: int = MISSING
@@ -397,6 +419,7 @@ class DocumentColumns:
 class IngestSchema:
     max_bad_fraction: float = MISSING
     validation_batch_rows: int = MISSING
+    outside_links: bool = MISSING
     sample_failures: int = MISSING
     text_max_chars: TextLimits = MISSING
     verticals: list[str] | None = None
@@ -452,6 +475,7 @@ def _register() -> None:
     for group, schema in SCHEMAS.items():
         store.store(group=group, name="schema", node=schema)
     store.store(group="engine", name="schema", node=EngineConfig)
+    store.store(group="gc", name="schema", node=GcConfig)
     store.store(name="retrain_schema", node=RetrainConfig)
 
 

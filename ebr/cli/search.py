@@ -50,7 +50,11 @@ def _read_vector(vector: str | None, vector_file: Path | None) -> Any:
 )
 @click.option("--query-text", default=None, help="Query text: fills $text and feeds the query tower.")
 @click.option(
-    "--searcher", "searcher_id", type=int, default=None, help="Searcher user id (query tower input)."
+    "--searcher",
+    "searcher_id",
+    type=click.IntRange(-(2**63), 2**63 - 1),
+    default=None,
+    help="Searcher user id (query tower input, a 64-bit integer).",
 )
 @click.option("--city", default=None, help="Searcher's city at search time (query tower context).")
 @click.option("--region", default=None, help="Searcher's region at search time.")

@@ -1,4 +1,4 @@
-"""The query language: S-expressions over terms with a first-class (nn) operator, and ranking operators.
+r"""The query language: S-expressions over terms with a first-class (nn) operator, and ranking operators.
 
     query := (rerank KEY :n N query) | (fuse :bm25 W expr) | (fuse :rrf K expr) | expr
     expr  := (term FIELD:VALUE [:min X] [:max Y] [:score])
@@ -13,8 +13,12 @@ without a payload fail any bound), and `:score` makes the document's payload of 
 result's scores (see executor). The ranking operators (fuse, rerank; see executor) only re-score and cut
 the results of their child, so they may appear only at the root of the query or under a rerank. Errors are
 `QueryError`s carrying the 0-based offset of the problem; their message says `column <offset + 1>:
-<problem>`. Limits (query length, depth, node count, nprobe, k, rerank's n) come from
-conf/engine/default.yaml.
+<problem>`. Limits (query length, depth, node count, nprobe, k, rerank's n, nodes and terms once `$text`
+is expanded, term length) come from conf/engine/default.yaml.
+
+Numbers have one grammar (JSON's): `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, at most 32
+characters and finite in float32 -- no underscores, `inf`, `nan`, hex or leading `+` / `.`. Counts (:k,
+:nprobe, :n, :rrf) are its integers `0|[1-9][0-9]*`, checked against their range.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ import numpy as np
 from ebr.config import Limits, engine_defaults
 from ebr.retrieval.terms import CLUSTER_FIELD_PREFIX, normalize_term, query_terms
 
+NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+INTEGER = re.compile(r"0|[1-9][0-9]*")
+MAX_NUMBER_CHARS = 32
 _KEY = re.compile(r"^[A-Za-z0-9_.+\-]+$")  # the keys of published versions (ebr.retrieval.retrievers.KEY)
 RANKING_OPERATORS = ("fuse", "rerank")
 OPERATORS = ("term", "and", "or", "not", "nn", *RANKING_OPERATORS)
@@ -345,8 +352,8 @@ class _Parser:
     @staticmethod
     def integer(value: tuple[str, int], name: str, maximum: int | None = None) -> int:
         text, pos = value
-        if not re.fullmatch(r"[0-9]{1,10}", text):
-            raise QueryError(pos, f"{name} must be a positive integer, got {text!r}")
+        if len(text) > MAX_NUMBER_CHARS or not INTEGER.fullmatch(text):
+            raise QueryError(pos, f"{name} must be a positive integer (plain digits), got {text!r}")
         number = int(text)
         if number < 1 or (maximum is not None and number > maximum):
             expected = "at least 1" if maximum is None else f"between 1 and {maximum}"
@@ -371,11 +378,8 @@ class _Parser:
 
 
 def _number(text: str) -> float:
-    """`text` as a float; NaN when it is not a number (or absurdly long)."""
-    try:
-        return float(text) if len(text) <= 32 else math.nan
-    except ValueError:
-        return math.nan
+    """`text` as a float when it follows the grammar NUMBER; NaN otherwise (the caller names the problem)."""
+    return float(text) if len(text) <= MAX_NUMBER_CHARS and NUMBER.fullmatch(text) else math.nan
 
 
 def parse(text: str, limits: Limits | None = None) -> Node:
@@ -401,16 +405,41 @@ def parse_cached(text: str, limits: Limits) -> Node:
     return parse(text, limits)
 
 
-def expand_text(node: Node, query_text: str | None) -> Node:
-    """Replace every `$text` and `$anytext` with the query text's terms."""
+def expand_text(node: Node, query_text: str | None, limits: Limits | None = None) -> Node:
+    """Replace every `$text` and `$anytext` with the query text's terms; raises QueryError when the text has
+    more than `limits.max_query_terms` terms, one longer than `max_term_chars`, or the expanded expression
+    would have more than `max_expanded_nodes` nodes (checked before anything is built)."""
+    limits = limits or engine_defaults().limits
+    terms = query_terms(query_text)
+    if len(terms) > limits.max_query_terms:
+        raise QueryError(0, f"query text has {len(terms)} terms, the limit is {limits.max_query_terms}")
+    if any(len(t) > limits.max_term_chars for t in terms):
+        raise QueryError(0, f"a query text term is longer than {limits.max_term_chars} characters")
+    size = node_count(node) + len(terms) * text_count(node)
+    if size > limits.max_expanded_nodes:
+        raise QueryError(0, f"expression expands to {size} nodes, the limit is {limits.max_expanded_nodes}")
+    return _expand(node, terms)
+
+
+def _expand(node: Node, terms: list[str]) -> Node:
     if isinstance(node, (Text, AnyText)):
-        terms = tuple(Term(t, node.pos) for t in query_terms(query_text))
-        return And(terms, node.pos) if terms and isinstance(node, Text) else Or(terms, node.pos)
+        leaves = tuple(Term(t, node.pos) for t in terms)
+        return And(leaves, node.pos) if leaves and isinstance(node, Text) else Or(leaves, node.pos)
     if isinstance(node, (And, Or)):
-        return replace(node, children=tuple(expand_text(c, query_text) for c in node.children))
+        return replace(node, children=tuple(_expand(c, terms) for c in node.children))
     if isinstance(node, (Not, Fuse, Rerank)):
-        return replace(node, child=expand_text(node.child, query_text))
+        return replace(node, child=_expand(node.child, terms))
     return node
+
+
+def node_count(node: Node) -> int:
+    """The nodes of an expression."""
+    return 1 + sum(node_count(c) for c in children(node))
+
+
+def text_count(node: Node) -> int:
+    """The `$text` and `$anytext` of an expression."""
+    return int(isinstance(node, (Text, AnyText))) + sum(text_count(c) for c in children(node))
 
 
 def children(node: Node) -> tuple[Node, ...]:

@@ -222,7 +222,7 @@ class SearchService:
                 raise SearchError(f"give a vertical ({', '.join(self.verticals) or 'none'}) or an expression")
             text = self.template(vertical)
         try:
-            root = expand_text(parse_cached(text, self.config.limits), request.query_text)
+            root = expand_text(parse_cached(text, self.config.limits), request.query_text, self.config.limits)
             check_executable(self.engine.index, root)
         except (QueryError, ExecutionError) as exc:
             raise SearchError(f"expression: {exc}", position=exc.position) from exc
@@ -280,8 +280,9 @@ class SearchService:
         self, requests: Sequence[SearchRequest], timeout_s: float | None = None
     ) -> list[SearchResponse]:
         """Answer requests in order; queries of the same tower are encoded together. `timeout_s` bounds the
-        engine's work on each request."""
+        whole call from its start (parsing, expansion and embedding included): the engine stops at it."""
         started = time.monotonic()
+        deadline = None if timeout_s is None else started + timeout_s
         plans = []
         for request in requests:
             limit = self.config.default_limit if request.limit is None else request.limit
@@ -296,7 +297,6 @@ class SearchService:
         out = []
         for (root, limit, order), request, query_vectors in zip(plans, requests, vectors, strict=True):
             begun = time.monotonic()
-            deadline = None if timeout_s is None else begun + timeout_s  # for the engine's work
             hits = self.engine.search(
                 root,
                 query_vectors,

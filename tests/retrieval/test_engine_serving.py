@@ -26,6 +26,19 @@ from ebr.retrieval.index import EngineIndex
 from ebr.retrieval.query import expand_text, parse
 from ebr.retrieval.service import HotSwapper, SearchRequest, SearchService
 
+TOKEN = "test-token"
+
+
+@pytest.fixture(autouse=True)
+def _api_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EBR_API_TOKEN", TOKEN)
+
+
+def api_client(app, **kwargs) -> TestClient:
+    """A test client sending the API token (writes need it)."""
+    return TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}, **kwargs)
+
+
 Q = clustered(np.random.default_rng(77), 1)[0]
 HYBRID = "(and (term location:seattle) (nn unified :radius 0.6 :nprobe 8))"
 PEOPLE = "(and (term vertical:people) (or $text (nn unified :radius 0.24 :nprobe 16)))"
@@ -138,7 +151,7 @@ def test_query_text_and_searcher_go_through_the_query_tower(served: Path, monkey
 @pytest.fixture
 def client(served: Path):
     app = create_app(load_engine_config(), watch=False)
-    with TestClient(app) as c:
+    with api_client(app) as c:
         yield c
 
 
@@ -233,8 +246,8 @@ def test_http_documents_with_term_payloads(client: TestClient) -> None:
 def test_a_second_server_on_the_same_home_serves_read_only(served: Path) -> None:
     config = load_engine_config()
     with (
-        TestClient(create_app(config, watch=False)) as first,
-        TestClient(create_app(config, watch=False)) as second,
+        api_client(create_app(config, watch=False)) as first,
+        api_client(create_app(config, watch=False)) as second,
     ):
         assert second.post("/search", json={"expr": HYBRID, "vector": Q.tolist()}).status_code == 200
         refused = second.post("/documents", json={"doc_id": 5, "terms": ["text:x"]})
@@ -249,13 +262,13 @@ def test_a_second_server_on_the_same_home_serves_read_only(served: Path) -> None
 
 def test_timeouts_answer_504(served: Path) -> None:
     config = load_engine_config(["engine.serving.request_timeout_s=0.000001"])
-    with TestClient(create_app(config, watch=False)) as c:
+    with api_client(create_app(config, watch=False)) as c:
         response = c.post("/search", json={"expr": HYBRID, "vector": Q.tolist()})
     assert response.status_code == 504 and "timed out" in response.json()["detail"]
 
 
 def test_no_served_version_answers_503(ebr_home: Path) -> None:
-    with TestClient(create_app(load_engine_config(), watch=False)) as c:
+    with api_client(create_app(load_engine_config(), watch=False)) as c:
         assert c.get("/healthz").json()["status"] == "no_version"
         assert c.post("/search", json={"expr": "(term a:b)"}).status_code == 503
 
@@ -276,7 +289,7 @@ def test_hot_reload_swaps_versions_without_failing_requests(served: Path, ebr_ho
             else:
                 versions_seen.append(response.json()["version"])
 
-    with TestClient(app) as client:
+    with api_client(app) as client:
         old = swapper._service
         threads = [threading.Thread(target=hammer, args=(client,)) for _ in range(4)]
         for t in threads:
@@ -308,7 +321,7 @@ def test_rollback_while_a_request_is_in_flight_keeps_the_server_writable(
     config = load_engine_config()
     swapper = HotSwapper(config)
     write_version(ebr_home / "versions" / "v0002", make_corpus(seed=32, n=100), trained, RETRIEVER)
-    with TestClient(create_app(config, swapper=swapper, watch=False)) as client:
+    with api_client(create_app(config, swapper=swapper, watch=False)) as client:
         assert client.post("/documents", json={"doc_id": 5, "terms": ["text:x"]}).status_code == 201
         with swapper.service() as slow:  # a slow search on v0001 while it is rolled back and forth
             for version in ("v0002", "v0001"):
@@ -342,7 +355,7 @@ def test_rollback_while_a_request_is_in_flight_keeps_the_server_writable(
 
 def test_a_failed_write_answers_500_and_a_broken_log_shows_in_healthz(served: Path) -> None:
     new = {"doc_id": 5, "terms": ["text:fresh"]}
-    with TestClient(create_app(load_engine_config(), watch=False), raise_server_exceptions=False) as client:
+    with api_client(create_app(load_engine_config(), watch=False), raise_server_exceptions=False) as client:
         with inject(1, kinds={"write"}) as faults:
             assert client.post("/documents", json=new).status_code == 500
         assert faults.failed is not None and faults.failed[0] == "write"  # the append to the log
@@ -353,7 +366,7 @@ def test_a_failed_write_answers_500_and_a_broken_log_shows_in_healthz(served: Pa
         assert refused.status_code == 503 and "may or may not be logged" in refused.json()["detail"]
         health = client.get("/healthz").json()
         assert health["status"] == "read_only" and "cutting a failed append" in health["read_only_reason"]
-    with TestClient(create_app(load_engine_config(), watch=False)) as client:  # a restart
+    with api_client(create_app(load_engine_config(), watch=False)) as client:  # a restart
         assert client.get("/healthz").json()["status"] == "ok"
         assert client.get("/documents/5").status_code == 200 and client.get("/documents/6").status_code == 404
 
