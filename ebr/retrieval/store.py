@@ -22,6 +22,7 @@ generation, and the engine in memory moves to g+1 exactly when CURRENT does.
 
 Log record: 4-byte little-endian payload length, 4-byte CRC32 of the payload, payload = UTF-8 JSON
 {"op": "add"|"update"|"delete", "doc_id", "terms", "embeddings": {key: base64 float32 little-endian}}, plus
+"rest": k on a record of a batch followed by k more (replay drops a last batch the log ends inside), plus
 "payloads": {term: float32 value} when some of the terms carry one.
 """
 
@@ -119,7 +120,8 @@ class ReadWriteLock:
 
 
 # ----- log records
-def encode_change(change: Change) -> bytes:
+def encode_change(change: Change, rest: int = 0) -> bytes:
+    """One log record; `rest`: how many records of the same batch follow it (0: the batch ends)."""
     if isinstance(change, Delete):
         record: dict[str, Any] = {"op": "delete", "doc_id": change.doc_id}
     else:
@@ -133,31 +135,42 @@ def encode_change(change: Change) -> bytes:
         }
         if change.payloads:
             record["payloads"] = change.payloads  # float32 values: exact as JSON numbers
+    if rest:
+        record["rest"] = rest
     payload = json.dumps(record, separators=(",", ":")).encode()
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def decode_change(payload: bytes) -> Change:
+def encode_batch(changes: Sequence[Change]) -> bytes:
+    """The records of one batch: replay applies all of them or, if the log ends inside it, none."""
+    return b"".join(encode_change(c, len(changes) - 1 - i) for i, c in enumerate(changes))
+
+
+def decode_change(payload: bytes) -> tuple[Change, int]:
+    """A record's change and the number of records of its batch that follow it."""
     record = json.loads(payload)
+    rest = int(record.get("rest", 0))
     if record["op"] == "delete":
-        return Delete(int(record["doc_id"]))
+        return Delete(int(record["doc_id"])), rest
     embeddings = {
         k: np.frombuffer(base64.b64decode(v), dtype="<f4").astype(np.float32)
         for k, v in record["embeddings"].items()
     }
     payloads = {str(t): float(v) for t, v in record.get("payloads", {}).items()}
     if record["op"] == "add":
-        return Document(int(record["doc_id"]), list(record["terms"]), embeddings, payloads)
-    return Update(int(record["doc_id"]), record["terms"], embeddings, payloads)
+        return Document(int(record["doc_id"]), list(record["terms"]), embeddings, payloads), rest
+    return Update(int(record["doc_id"]), record["terms"], embeddings, payloads), rest
 
 
 def read_log(path: Path, repair: bool) -> list[Change]:
-    """The changes of a log; a torn last record is dropped (and cut off the file when `repair`)."""
+    """The changes of a log; a torn last record, or a last batch the log ends inside (a crash during its
+    append, never acknowledged), is dropped (and cut off the file when `repair`)."""
     if not path.is_file():
         return []
     data = path.read_bytes()
     changes: list[Change] = []
     offset = 0
+    good, good_changes = 0, 0  # the end of the last complete batch
     while offset < len(data):
         if len(data) - offset < _HEADER.size:
             break  # torn header
@@ -171,20 +184,30 @@ def read_log(path: Path, repair: bool) -> list[Change]:
                 break  # the last record, torn
             raise CorruptLogError(f"{path}: record at byte {offset} fails its checksum and is not the last")
         try:
-            changes.append(decode_change(payload))
+            change, rest = decode_change(payload)
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptLogError(f"{path}: record at byte {offset} is unreadable ({exc})") from exc
+        changes.append(change)
         offset = end
-    if offset < len(data):
-        log.warning("%s: dropped a torn last record (%d bytes at byte %d)", path, len(data) - offset, offset)
+        if rest == 0:
+            good, good_changes = offset, len(changes)
+    if good < len(data):
+        dropped = len(changes) - good_changes
+        log.warning(
+            "%s: dropped a torn last batch (%d bytes at byte %d, %d whole records)",
+            path,
+            len(data) - good,
+            good,
+            dropped,
+        )
         if repair:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             try:
-                os.ftruncate(fd, offset)
+                os.ftruncate(fd, good)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-    return changes
+    return changes[:good_changes]
 
 
 def replayable(index: EngineIndex, changes: Sequence[Change], path: Path) -> list[Change]:
@@ -414,7 +437,7 @@ class Engine:
             if not changes:
                 return 0
             start = self._log_size
-            self._append(b"".join(encode_change(c) for c in changes))
+            self._append(encode_batch(changes))
             try:
                 with self._rw.write():
                     self.index.apply(changes)

@@ -20,7 +20,7 @@ from faults import count_calls, inject
 from ebr.config import StoreConfig, engine_defaults
 from ebr.retrieval.documents import Delete, Document, Update
 from ebr.retrieval.query import parse
-from ebr.retrieval.store import Engine, ReadOnlyEngineError, encode_change
+from ebr.retrieval.store import Engine, ReadOnlyEngineError, encode_batch, encode_change
 
 CORPUS = make_corpus(seed=21, n=60)
 BASE_IDS = [int(d) for d in CORPUS.doc_ids]
@@ -284,8 +284,32 @@ def test_a_torn_tail_is_dropped_with_a_warning(
         log.write_bytes(good + torn[:cut])
         with caplog.at_level(logging.WARNING, logger="ebr.retrieval.store"):
             assert reopened_state(base, folder) == expected
-        assert f"dropped a torn last record ({cut} bytes at byte {len(good)})" in caplog.text
+        assert f"dropped a torn last batch ({cut} bytes at byte {len(good)}" in caplog.text
         assert log.read_bytes() == good
+
+
+def test_a_batch_the_log_ends_inside_is_dropped_whole(
+    base: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "state"
+    engine = prepared(base, folder)
+    expected = state(engine)
+    engine.close()
+    log = folder / "wal-0.log"
+    good = log.read_bytes()
+    batch = [Document(8, ["text:a"], {}, {}), Document(9, ["text:b"], {}, {}), Delete(7)]
+    records = [encode_change(c, len(batch) - 1 - i) for i, c in enumerate(batch)]
+    assert encode_batch(batch) == b"".join(records)
+    for whole in (1, 2):  # a crash after `whole` complete records of the batch, and part of the next
+        log.write_bytes(good + b"".join(records[:whole]) + records[whole][:5])
+        with caplog.at_level(logging.WARNING, logger="ebr.retrieval.store"):
+            assert reopened_state(base, folder) == expected
+        assert f"{whole} whole records)" in caplog.text
+        assert log.read_bytes() == good
+    log.write_bytes(good + encode_batch(batch))
+    engine = Engine.open(base, folder)
+    assert engine.document(9) is not None and engine.document(7) is None
+    engine.close()
 
 
 @pytest.mark.parametrize("compact", [False, True], ids=["same-generation", "compacted"])
