@@ -30,7 +30,6 @@ def _register() -> None:
         gc,
         ingest,
         mine,
-        prefect_api,
         retrain,
         rollback,
         search,
@@ -39,6 +38,7 @@ def _register() -> None:
         train,
         versions,
     )
+    from ebr.flows import prefect_api
 
     for module in (simulate, ingest, retrain, mine, train, search, serve, versions, rollback, gc):
         if module.command.name in prefect_api.FLOW_COMMANDS:  # their Prefect API dies with them

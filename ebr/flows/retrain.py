@@ -345,4 +345,11 @@ def report_metric(report: dict[str, Any], path: str) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    from contextlib import nullcontext
+
+    from ebr.flows.prefect_api import temporary_api
+
+    runs = not {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i"} & set(sys.argv[1:])
+    with temporary_api() if runs else nullcontext():  # unless one is configured; it dies with this process
+        main()

@@ -1,5 +1,5 @@
 """No orphans: a flow command killed with SIGKILL takes its temporary Prefect API server with it
-(ebr/cli/prefect_api.py: the server is the command's child with the parent-death signal set)."""
+(ebr/flows/prefect_api.py: the server is the command's child with the parent-death signal set)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ CHILD = textwrap.dedent(
     """
     import time
     from prefect import flow
-    from ebr.cli.prefect_api import supervised
+    from ebr.flows.prefect_api import supervised
 
     @flow
     def tiny() -> int:

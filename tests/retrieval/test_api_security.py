@@ -75,6 +75,8 @@ def test_cross_site_posts_and_foreign_hosts_are_refused(client: TestClient) -> N
     rebound = client.post("/documents", json=DOC, headers={**AUTH, "Host": "evil.example"})
     assert rebound.status_code == 400
     assert client.get("/healthz", headers={"Host": "localhost:8080"}).status_code == 200
+    assert client.get("/healthz", headers={"Host": "[::1]:8080"}).status_code == 200
+    assert client.get("/healthz", headers={"Host": "[::2]:8080"}).status_code == 400
 
 
 @pytest.mark.parametrize(

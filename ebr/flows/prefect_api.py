@@ -8,6 +8,7 @@ SIGKILL)` between fork and exec): the kernel kills it when the command dies, how
 when the thread that started it ends; the flow commands start it from the thread that runs them). The command
 points Prefect at it (settings and environment, so that its own children use it too) and stops it on a
 normal exit. When an API is configured (PREFECT_API_URL, a profile, the test harness) nothing is started.
+Used by the CLI's flow commands and by `python -m ebr.flows.retrain` (Hydra's entry point).
 """
 
 from __future__ import annotations
