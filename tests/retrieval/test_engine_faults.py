@@ -270,15 +270,20 @@ def test_replay_accepts_a_retried_add_and_never_refuses_a_record(
     assert reopened_state(base, folder) == after
 
 
-def test_a_torn_tail_is_dropped_with_a_warning(
-    base: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def closed_log(base: Path, tmp_path: Path) -> tuple[Path, Path, bytes, tuple[Any, Any]]:
+    """A prepared state folder, closed: (folder, its log, the log's bytes, the engine's state)."""
     folder = tmp_path / "state"
     engine = prepared(base, folder)
     expected = state(engine)
     engine.close()
     log = folder / "wal-0.log"
-    good = log.read_bytes()
+    return folder, log, log.read_bytes(), expected
+
+
+def test_a_torn_tail_is_dropped_with_a_warning(
+    base: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder, log, good, expected = closed_log(base, tmp_path)
     torn = encode_change(Document(8, ["text:torn"], {}, {}))
     for cut in (3, 8, len(torn) - 1):
         log.write_bytes(good + torn[:cut])
@@ -291,12 +296,7 @@ def test_a_torn_tail_is_dropped_with_a_warning(
 def test_a_batch_the_log_ends_inside_is_dropped_whole(
     base: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    folder = tmp_path / "state"
-    engine = prepared(base, folder)
-    expected = state(engine)
-    engine.close()
-    log = folder / "wal-0.log"
-    good = log.read_bytes()
+    folder, log, good, expected = closed_log(base, tmp_path)
     batch = [Document(8, ["text:a"], {}, {}), Document(9, ["text:b"], {}, {}), Delete(7)]
     records = [encode_change(c, len(batch) - 1 - i) for i, c in enumerate(batch)]
     assert encode_batch(batch) == b"".join(records)
