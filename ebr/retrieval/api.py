@@ -256,16 +256,24 @@ def create_app(config: EngineConfig, swapper: HotSwapper | None = None, watch: b
         if not slots.acquire(blocking=False):
             raise SearchError(f"busy: {pool} capacity is in use, retry later", status=503)
 
+        claimed = threading.Lock()  # by the worker when it starts, or by the caller if it never did
+
         def work() -> Any:
+            if not claimed.acquire(blocking=False):
+                return None  # given up before a thread took it; its slot is already released
             try:
                 return fn()
             finally:
                 slots.release()
 
-        if deadline is None:
-            return await anyio.to_thread.run_sync(work, limiter=limiter)
-        with anyio.fail_after(max(deadline - time.monotonic(), 0.0)):
-            return await anyio.to_thread.run_sync(work, limiter=limiter, abandon_on_cancel=True)
+        try:
+            if deadline is None:
+                return await anyio.to_thread.run_sync(work, limiter=limiter)
+            with anyio.fail_after(max(deadline - time.monotonic(), 0.0)):
+                return await anyio.to_thread.run_sync(work, limiter=limiter, abandon_on_cancel=True)
+        finally:
+            if claimed.acquire(blocking=False):  # the work never started (cancelled waiting for a thread)
+                slots.release()
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
