@@ -36,6 +36,9 @@ test-e2e: install system-deps
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-# What the platform wrote here: the default home, test artifacts, caches (the venv stays).
+# What runs leave in this folder: the default home (ebr_home/), the e2e tier's screenshots (test-artifacts/),
+# the caches of pytest, ruff, hypothesis and Python (__pycache__/), and Hydra's and Lightning's default output
+# folders should a run fall back on them (outputs/, multirun/, lightning_logs/). The venv stays.
 clean:
 	rm -rf ebr_home test-artifacts .pytest_cache .ruff_cache .hypothesis outputs multirun lightning_logs
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +

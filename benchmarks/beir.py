@@ -49,7 +49,7 @@ def log_overrides(log_dir: Path, report: dict[str, Any], tune: int) -> list[str]
     ]
 
 
-def score(version_dir: Path, log_dir: Path, vertical: str) -> dict[str, dict[str, float]]:
+def score(version_dir: Path, log_dir: Path, vertical: str, dataset: str) -> dict[str, dict[str, float]]:
     """nDCG@10 / Recall@100 of the test queries: through the engine, exact top-100 of each model, BM25."""
     import numpy as np
 
@@ -64,7 +64,7 @@ def score(version_dir: Path, log_dir: Path, vertical: str) -> dict[str, dict[str
     queries, qrels = read_split(log_dir, "test")
     sessions = list(queries)
     requests = [SearchRequest(vertical=vertical, query_text=queries[s], limit=100) for s in sessions]
-    service = SearchService.open(version_dir, load_engine_config(), writable=False)
+    service = SearchService.open(version_dir, load_engine_config(), writable=False, dataset=dataset)
     out = {}
     try:
         for name, expr in (("engine", None), ("bm25 (engine)", bm25_expression(vertical))):
@@ -102,7 +102,7 @@ def run_variant(name: str, root: Path, log_dir: Path, report: dict, args: argpar
     started = time.perf_counter()
     run = retrain(overrides=overrides)
     seconds = time.perf_counter() - started
-    version_dir = registry.served_version_dir()
+    version_dir = registry.served_version_dir(run["dataset"])
     serving = json.loads((version_dir / registry.MANIFEST).read_text())["serving"]["verticals"]
     return {
         "variant": name,
@@ -111,7 +111,7 @@ def run_variant(name: str, root: Path, log_dir: Path, report: dict, args: argpar
         "published_version": run["published_version"],
         "gate": run["gate"]["reason"],
         "served": {v: {"retriever": t["retriever"], "expr": t["expr"]} for v, t in serving.items()},
-        "scores": score(version_dir, log_dir, args.vertical),
+        "scores": score(version_dir, log_dir, args.vertical, run["dataset"]),
     }
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from ebr import home, registry
+from ebr.config import load_config
 from ebr.models.features import split_from_config
 from ebr.retrieval.config import load_engine_config
 from ebr.retrieval.service import SearchRequest, SearchService
@@ -75,13 +76,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", default=None, help="a published version (default: the served one)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--dataset", default=None, help="the dataset (default: the config's data.dataset)")
     args = parser.parse_args(argv)
-    version_dir = home.versions_dir() / args.version if args.version else registry.served_version_dir()
+    dataset = args.dataset or str(load_config().data.dataset)
+    version_dir = (
+        home.versions_dir(dataset) / args.version if args.version else registry.served_version_dir(dataset)
+    )
     manifest = registry.verify_version(version_dir)
     cfg = OmegaConf.create(manifest["config"])
-    split = split_from_config(home.db_path(), cfg)
+    db = home.db_path(dataset)
+    split = split_from_config(db, cfg)
     ids = split.evaluate_session_ids
-    sessions = evaluation_requests(home.db_path(), ids)
+    sessions = evaluation_requests(db, ids)
     requests = [
         SearchRequest(
             vertical=r.vertical,
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         for r in sessions.itertuples()
     ]
-    service = SearchService.open(version_dir, load_engine_config(), writable=False)
+    service = SearchService.open(version_dir, load_engine_config(), writable=False, dataset=dataset)
     try:
         responses = service.search_many(requests)
     finally:
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         "version": manifest["version"],
         "sessions": len(found),
         "took_ms_mean": round(float(np.mean([r.took_ms for r in responses])), 3),
-        "clicks": recall_table(found, clicked(home.db_path(), ids), by_vertical),
+        "clicks": recall_table(found, clicked(db, ids), by_vertical),
     }
     path = intents_path(cfg)
     if path.is_file():

@@ -33,8 +33,8 @@ def _features(overrides: list[str]) -> tuple[DictConfig, FeatureSet]:
     from ebr.models.features import build_features, split_from_config
 
     cfg = load_config(["train.trainer.enable_progress_bar=false", *overrides])
-    split = split_from_config(home.db_path(), cfg)
-    return cfg, build_features(home.db_path(), cfg, split)
+    db = home.db_path(cfg.data.dataset)
+    return cfg, build_features(db, cfg, split_from_config(db, cfg))
 
 
 def measure_pipeline(overrides: list[str]) -> dict[str, object]:

@@ -109,7 +109,7 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2))
 
-    db = home.db_path()
+    db = home.db_path(home.folder_dataset(args.world))  # the world folder's dataset, as `ebr ingest` names it
     if not db.is_file():
         cfg = load_config(args.set)
         with measured(results, "ingest") as entry:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -19,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ebr.home import conf_dir
+from ebr.home import conf_dir, folder_dataset, sim_dataset
 
 # ----- the engine (conf/engine/default.yaml, under the key `engine`)
 
@@ -142,6 +143,7 @@ class DataConfig:
     scale: str = MISSING
     world_seed: int = MISSING
     logs_dir: str | None = None
+    dataset: str | None = None  # resolved by `dataset_name` (conf/data/default.yaml)
     verticals: list[str] | None = None
     split: SplitConfig = MISSING
 
@@ -281,6 +283,7 @@ class TrainConfig:
     min_steps: int = MISSING
     steps: int | None = None
     batch_size: int = MISSING
+    validation_pairs: int = MISSING
     lr: float = MISSING
     embedding_gradients: str = MISSING
     encoder_lr: float = MISSING
@@ -470,7 +473,14 @@ SCHEMAS = {
 }
 
 
+def dataset_name(scale: str, world_seed: int, logs_dir: str | None) -> str:
+    """The default `data.dataset` (the resolver `ebr_dataset` of conf/data/default.yaml): the folder name of
+    data.logs_dir, else the simulated world's `sim-<scale>-s<seed>`."""
+    return folder_dataset(logs_dir) if logs_dir else sim_dataset(scale, world_seed)
+
+
 def _register() -> None:
+    OmegaConf.register_new_resolver("ebr_dataset", dataset_name, replace=True)
     store = ConfigStore.instance()
     for group, schema in SCHEMAS.items():
         store.store(group=group, name="schema", node=schema)
@@ -491,6 +501,51 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "retrain") -> 
             cfg = compose(config_name=config_name, overrides=list(overrides))
     OmegaConf.resolve(cfg)
     return cfg
+
+
+INPUT_PATHS = {"data.logs_dir": "a folder", "eval.intents_path": "a file"}  # given inputs a run reads
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """Refuse, before anything runs, a composed config whose given input paths (INPUT_PATHS) do not exist."""
+    for key, kind in INPUT_PATHS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
+        path = Path(str(value)).expanduser()
+        if not (path.is_dir() if kind == "a folder" else path.is_file()):
+            raise ValueError(f"{key}={value}: not {kind}")
+
+
+def first_sweep_job(overrides: Sequence[str]) -> list[str]:
+    """The overrides of a sweep's first job (`a=1,2` -> `a=1`, `range(1,3)` -> 1), to validate a sweep before
+    it starts; interval sweeps (an Optuna search's) are left to the sweeper."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    job = []
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if not o.is_sweep_override():
+            job.append(o.input_line)
+        elif not o.is_interval_sweep():
+            job.append(f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}")
+    return job
+
+
+def config_error(error: BaseException) -> str:
+    """A composition error as one line: Hydra's message, the options of a missing group choice, and the
+    first line of its cause (e.g. `Key 'margn' not in 'ModelConfig'`); without Hydra's search path."""
+    text = str(error).split("Config search path:")[0]
+    head, found, options = text.partition("Available options in ")
+    lines = [s.strip() for s in head.splitlines() if s.strip() and not s.startswith("See https://hydra.cc")]
+    message = " ".join(lines)
+    if found:
+        group, _, names = options.partition(":")
+        message += f" (available in {group}: {', '.join(names.split())})"
+    cause = error.__cause__ or error.__context__
+    detail = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+    if detail and detail not in message:
+        message += f" ({detail})"
+    return message
 
 
 def config_from_container(config: Mapping[str, Any]) -> DictConfig:

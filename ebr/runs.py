@@ -23,10 +23,10 @@ def new_run_id(prefix: str) -> str:
     return f"{prefix}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
 
 
-def start_run(cfg: DictConfig, prefix: str, run_id: str | None = None) -> Run:
-    """Create runs/<run_id>/ and save the resolved config in it as config.yaml."""
+def start_run(cfg: DictConfig, prefix: str, dataset: str, run_id: str | None = None) -> Run:
+    """Create the dataset's runs/<run_id>/ and save the resolved config in it as config.yaml."""
     run_id = run_id or new_run_id(prefix)
-    path = home.runs_dir() / run_id
+    path = home.runs_dir(dataset) / run_id
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return Run(run_id=run_id, path=path)

@@ -33,6 +33,7 @@ import numpy as np
 
 from ebr.ann.knn import METRICS, as_float32, exact_knn, one_recall_at, recall_at_k
 from ebr.config import IndexConfig
+from ebr.runners import SERIAL, Shards
 
 log = logging.getLogger(__name__)
 
@@ -221,14 +222,17 @@ def tune(
     queries: np.ndarray,
     cfg: IndexConfig,
     targets: Sequence[np.ndarray] | None = None,
+    shards: Shards = SERIAL,
+    what: str = "ann",
 ) -> TuneResult:
     """Sweep schemes x nprobe on a query sample, keep the Pareto front, choose the cheapest point on target.
 
     `targets` are row ids into `docs` (each query's relevant documents); without them the target is on
-    1-recall@r. The built indexes are kept on the result (`chosen_index()`).
+    1-recall@r. The built indexes are kept on the result (`chosen_index()`). Progress: the share of schemes
+    built and measured, reported to `shards` as `what`, and one log line per scheme.
     """
     with _faiss_threads(cfg.threads):
-        return _tune(docs, queries, cfg, targets)
+        return _tune(docs, queries, cfg, targets, shards, what)
 
 
 @contextmanager
@@ -243,7 +247,12 @@ def _faiss_threads(threads: int | None) -> Iterator[None]:
 
 
 def _tune(
-    docs: np.ndarray, queries: np.ndarray, cfg: IndexConfig, targets: Sequence[np.ndarray] | None
+    docs: np.ndarray,
+    queries: np.ndarray,
+    cfg: IndexConfig,
+    targets: Sequence[np.ndarray] | None,
+    shards: Shards,
+    what: str,
 ) -> TuneResult:
     rng = np.random.default_rng(cfg.seed)
     if len(queries) > cfg.tuning_queries:
@@ -274,7 +283,9 @@ def _tune(
 
     schemes, skipped = expand_schemes(cfg, docs.shape[1], min(cfg.train_size, len(docs)))
     points, indexes = [], {}
-    for scheme in schemes:
+    shards.report(what, 0.0)
+    for done, scheme in enumerate(schemes, 1):
+        start_scheme = time.perf_counter()
         index = build_index(scheme.factory, docs, scheme.metric, cfg.train_size, cfg.seed)
         indexes[scheme.factory] = index
         ivf = faiss.extract_index_ivf(index)
@@ -296,7 +307,17 @@ def _tune(
                     servable=scheme.metric == cfg.metric,
                 )
             )
-        log.info("tuned %s (%s)", scheme.factory, scheme.metric)
+        measured = [p for p in points if p.factory == scheme.factory]
+        best = max(measured, key=lambda p: getattr(p, accuracy), default=None)
+        log.info(
+            "%s: %s (%s) built and measured in %.1f s (%d/%d schemes): %s",
+            what, scheme.factory, scheme.metric, time.perf_counter() - start_scheme, done, len(schemes),
+            f"best {accuracy} {getattr(best, accuracy):.4f} at {100 * best.scanned:.2f}% scanned"
+            if best else f"no nprobe <= nlist {ivf.nlist}",
+        )  # fmt: skip
+        shards.report(what, done / len(schemes))
+    if not schemes:
+        shards.report(what, 1.0)
     for p in pareto_front(points, accuracy):
         p.pareto = True
     servable = [p for p in points if p.servable]

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
+
+from ebr import logs
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 # No telemetry (no internet here); a temporary Prefect API may start slowly on a busy machine.
 for _name, _value in (
@@ -18,18 +25,47 @@ for _name, _value in (
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ebr-platform")
-def main() -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show the detail: dependencies' INFO and DEBUG lines, Lightning's banners and tips, their "
+    "deprecation warnings, and the platform's own INFO lines.",
+)
+def main(verbose: bool) -> None:
     """Embedding-based retrieval platform (Huang et al., KDD 2020), run on your search logs.
 
-    State lives under $EBR_HOME (default: ebr_home/ in the project folder).
+    State lives under $EBR_HOME (default: ebr_home/ in the project folder). Every command that reports
+    something takes --json: stdout then holds one JSON document and nothing else.
     """
+    logs.configure(verbose)
+
+
+def compose(overrides: Sequence[str], config_name: str = "retrain", sweep: bool = False) -> DictConfig:
+    """The validated config of a command (Hydra compose, the schema, given input paths exist), before
+    anything starts (with `sweep`, that of the sweep's first job); a bad override, unknown key, missing
+    group option or path is a usage error (exit 2)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ebr.config import check_inputs, config_error, first_sweep_job, load_config
+
+    try:
+        job = first_sweep_job(overrides) if sweep else list(overrides)
+        cfg = load_config(job, config_name=config_name)
+        check_inputs(cfg)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise click.BadParameter(config_error(e), param_hint="OVERRIDES") from None
+    return cfg
 
 
 def _register() -> None:
     from ebr.cli import (
+        datasets,
         gc,
         ingest,
         mine,
+        quarantine,
         retrain,
         rollback,
         search,
@@ -38,11 +74,21 @@ def _register() -> None:
         train,
         versions,
     )
-    from ebr.flows import prefect_api
 
-    for module in (simulate, ingest, retrain, mine, train, search, serve, versions, rollback, gc):
-        if module.command.name in prefect_api.FLOW_COMMANDS:  # their Prefect API dies with them
-            module.command.callback = prefect_api.supervised(module.command.callback)
+    for module in (
+        simulate,
+        ingest,
+        retrain,
+        mine,
+        train,
+        search,
+        serve,
+        versions,
+        rollback,
+        gc,
+        datasets,
+        quarantine,
+    ):
         main.add_command(module.command)
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from ebr.cli.datasets import dataset_option, resolve_dataset
+
 
 def _read_vector(vector: str | None, vector_file: Path | None) -> Any:
     """A query embedding (list) or embeddings per key ({key: list}) from --vector or --vector-file."""
@@ -39,8 +41,8 @@ def _read_vector(vector: str | None, vector_file: Path | None) -> Any:
 @click.option(
     "--expr",
     default=None,
-    help="Expression, e.g. '(and (term location:seattle) (nn unified "
-    ":radius 0.24 :nprobe 16))'. Default: the template of --vertical (in the version's manifest, "
+    help="Expression, e.g. '(and (term location:chicago) (nn unified_hnm "
+    ":radius 0.4 :nprobe 32))'. Default: the template of --vertical (in the version's manifest, "
     "calibrated at publication).",
 )
 @click.option(
@@ -80,6 +82,7 @@ def _read_vector(vector: str | None, vector_file: Path | None) -> Any:
 @click.option(
     "--order", type=click.Choice(["score", "doc_id"]), default=None, help="Result order [default: score]."
 )
+@dataset_option
 @click.option("--json", "as_json", is_flag=True, help='Print a JSON list of {"doc_id", "score"}.')
 @click.option(
     "--explain", is_flag=True, help="Print how each nn ran (plan, codes to scan, filter size) to stderr."
@@ -98,15 +101,16 @@ def command(
     vector_file: Path | None,
     limit: int | None,
     order: str | None,
+    dataset: str | None,
     as_json: bool,
     explain: bool,
     overrides: tuple[str, ...],
 ) -> None:
-    """Search the version served in $EBR_HOME with the engine's query language (docs/engine.md).
+    """Search the version served in a dataset (--dataset) with the engine's query language (docs/engine.md).
 
     The query embedding of each (nn KEY ...) comes from --vector/--vector-file or from the version's query
     tower applied to (--query-text, --searcher, context). Realtime changes made through `ebr serve` are
-    included (read-only replay of $EBR_HOME/engine/<version>/). Scores are quantised cosine similarities
+    included (read-only replay of the dataset's engine/<version>/). Scores are quantised cosine similarities
     (null for expressions without nn). OVERRIDES are Hydra overrides of conf/engine/default.yaml, e.g.
     `engine.limits.max_nprobe=256`.
     """
@@ -133,7 +137,7 @@ def command(
         order=order,
     )
     try:
-        service = SearchService.open_served(config, writable=False)
+        service = SearchService.open_served(config, writable=False, dataset=resolve_dataset(dataset))
     except (SearchError, CorruptVersionError, CorruptLogError, FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     try:
@@ -160,12 +164,14 @@ def command(
 
 
 def _titles(path: Path, doc_ids: list[int]) -> dict[int, str]:
-    """Titles of the given documents from the version's documents.parquet (realtime additions have none)."""
-    import pyarrow.compute as pc
+    """Titles of the given documents from the version's documents.parquet (realtime additions have none).
+    No conversion between Python and Arrow arrays (`pa.array`, `to_numpy`): pyarrow imports pandas for them,
+    0.1-0.3 s of a search (docs/benchmarks.md#ebr-search-cold-start)."""
     import pyarrow.parquet as pq
 
-    if not doc_ids:
+    wanted = set(doc_ids)
+    if not wanted:
         return {}
-    table = pq.read_table(path, columns=["doc_id", "title"])
-    table = table.filter(pc.is_in(table["doc_id"], value_set=pc.cast(doc_ids, table["doc_id"].type)))
-    return dict(zip(table["doc_id"].to_pylist(), table["title"].to_pylist(), strict=True))
+    table = pq.ParquetFile(path).read(columns=["doc_id", "title"])
+    titles = table.column("title")
+    return {d: titles[i].as_py() for i, d in enumerate(table.column("doc_id").to_pylist()) if d in wanted}

@@ -7,8 +7,11 @@ import json
 
 import click
 
+from ebr.cli.datasets import dataset_option, resolve_dataset
+
 
 @click.command(name="versions")
+@dataset_option
 @click.option("--json", "as_json", is_flag=True, help="Print the versions as a JSON list.")
 @click.option(
     "--verify", is_flag=True, help="Check every file of every version against its manifest's sha256."
@@ -20,8 +23,8 @@ import click
     metavar="VERSION",
     help="Register the unregistered folder versions/VERSION after verifying it (repeatable).",
 )
-def command(as_json: bool, verify: bool, adopt: tuple[str, ...]) -> None:
-    """List the versions of $EBR_HOME, oldest first, with their recall gate metrics.
+def command(dataset: str | None, as_json: bool, verify: bool, adopt: tuple[str, ...]) -> None:
+    """List the versions of a dataset (--dataset), oldest first, with their recall gate metrics.
 
     The served version is marked `*` (`"served": true` in --json). Each entry has version, created_at,
     status (published; missing: registered but its folder is gone; unregistered: a folder the registry does
@@ -35,11 +38,12 @@ def command(as_json: bool, verify: bool, adopt: tuple[str, ...]) -> None:
     from ebr.registry.catalogue import AdoptionError, list_versions
     from ebr.registry.catalogue import adopt as adopt_version
 
+    name = resolve_dataset(dataset)
     try:
         for version in adopt:
-            adopt_version(version)
+            adopt_version(name, version)
             click.echo(f"adopted {version}", err=as_json)
-        versions = list_versions(verify=verify)
+        versions = list_versions(name, verify=verify)
     except AdoptionError as e:
         raise click.ClickException(str(e)) from None
     except (OSError, duckdb.Error, ValueError) as e:
@@ -57,7 +61,9 @@ def command(as_json: bool, verify: bool, adopt: tuple[str, ...]) -> None:
         click.echo(json.dumps(versions, indent=2))
         return
     if not versions:
-        click.echo("no published versions (a retrain that passes the recall gate publishes one)")
+        click.echo(
+            f"no published versions in dataset {name} (a retrain that passes the recall gate publishes one)"
+        )
         return
     for v in versions:
         metrics = ", ".join(

@@ -5,32 +5,33 @@ tables (a negative that is a positive of its query, an unknown id, a held-out se
 computed in DuckDB as per-row check columns holding the reason a row fails (NULL when it passes), which the
 suites expect to be null, as the log-table suites do. Configured values (the rank window, the easy:hard
 ratio, count bounds) enter the committed suites as `$PARAMETER`s. A failure raises MinedContractError naming
-the table, the rule and the failing rows.
+the table, the rule and the failing rows. The results, passed or failed, are published to the Data Docs of
+the database the connection reads (ebr/contracts/docs.py).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-SUITES_DIR = Path(__file__).parent / "suites"
+from ebr.contracts.docs import Validation, load_suite, publish_or_warn
+
 SHOWN_ROWS = 5  # failing rows named in an error message, per rule
 
 
 class MinedContractError(RuntimeError):
     """A mined table broke its contract; the message names the table, the rule and the failing rows."""
 
-    def __init__(self, failures: list[dict[str, Any]]):
+    def __init__(self, failures: list[dict[str, Any]], data_docs: str | None = None):
         self.failures = failures
+        self.data_docs = data_docs  # the Data Docs index.html showing the failed validation
         lines = [f"{f['table']}: {f['rule']}: {f['detail']}" for f in failures]
         super().__init__("mined data contract failed: " + "; ".join(lines))
 
@@ -176,22 +177,28 @@ def validate_mined(
     """Run the three mined-data suites; returns a report per suite, raises MinedContractError on failure.
 
     `con` holds the log tables (sessions, documents, impressions); `max_positives` bounds the positive count
-    (the training impressions plus clicks).
+    (the training impressions plus clicks). The results go to the Data Docs beside `con`'s database file
+    (`data_docs` in the report: its index.html; None for an in-memory database).
     """
     pos = positives_checks(con, positives, heldout_session_ids)
     neg = negatives_checks(con, positives, negatives, heldout_session_ids)
     summary = count_summary(positives, negatives)
     params = count_parameters(promise, len(positives), int(summary["hard"].iat[0]), max_positives)
     params |= {"window_lo": promise.window[0], "window_hi": promise.window[1]}
-    report, failures = {}, []
+    report, failures, pages = {}, [], []
     for table, frame in (("mined_positives", pos), ("mined_negatives", neg), ("mined_counts", summary)):
-        rules, failed = _run_suite(table, frame, params)
+        rules, failed, result = _run_suite(table, frame, params)
         report[table] = {"rows": len(frame), "success": not failed, "rules": rules}
         failures += failed
+        pages.append(Validation(load_suite(table), f"{promise.negatives}-negatives", result))
     report["counts"] = {k: _jsonable(v) for k, v in summary.drop(columns="row_id").iloc[0].items()}
     report["parameters"] = params
+    [(db_file,)] = con.execute(
+        "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchall()
+    report["data_docs"] = publish_or_warn(db_file, "mining", pages) if db_file else None
     if failures:
-        raise MinedContractError(failures)
+        raise MinedContractError(failures, report["data_docs"])
     return report
 
 
@@ -223,14 +230,8 @@ def _batch_definition(name: str) -> Any:
     return _pandas_source().add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
 
 
-def load_suite(name: str) -> Any:
-    import great_expectations as gx
-
-    return gx.ExpectationSuite(**json.loads((SUITES_DIR / f"{name}.json").read_text()))
-
-
-def _run_suite(name: str, frame: pd.DataFrame, params: dict[str, Any]) -> tuple[list[dict], list[dict]]:
-    """Validate `frame` against suite `name`; (per-rule results, failures naming the rows)."""
+def _run_suite(name: str, frame: pd.DataFrame, params: dict[str, Any]) -> tuple[list[dict], list[dict], Any]:
+    """Validate `frame` against suite `name`; (per-rule results, failures naming the rows, the GX result)."""
     batch = _batch_definition(name).get_batch(batch_parameters={"dataframe": frame})
     suite = load_suite(name)
     result = batch.validate(
@@ -252,7 +253,7 @@ def _run_suite(name: str, frame: pd.DataFrame, params: dict[str, Any]) -> tuple[
         else:
             detail = _describe(frame, config.meta.get("check"), res.result)
         failures.append({"table": name, "rule": rule, "detail": detail})
-    return rules, failures
+    return rules, failures, result
 
 
 def _describe(frame: pd.DataFrame, check: str | None, result: dict[str, Any]) -> str:

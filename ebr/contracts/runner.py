@@ -9,6 +9,7 @@ Parameters (`$PARAMETER`) come from the settings; an expectation whose `meta.ski
 is skipped (any vertical when no set is given). Rules in words name parameters as `{name}`.
 Failing rows are named by the frame's `row_id` column (result_format COMPLETE with
 unexpected_index_column_names). An expectation that raised is an error, never a pass.
+The GX results are kept (their long lists cut) for the run's Data Docs (`validations`, ebr/contracts/docs.py).
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ebr.contracts.casting import excerpt
 from ebr.contracts.checks import PARSEABLE
+from ebr.contracts.docs import SUITES_DIR, Validation, combined, load_suite, trimmed
 
-SUITES_DIR = Path(__file__).resolve().parent / "suites"
 ROW_ID = "row_id"
 _RESULT_FORMAT = {
     "result_format": "COMPLETE",
@@ -159,6 +159,7 @@ class ContractRunner:
         self.params = dict(params)
         self.sample_failures = sample_failures
         self.outcomes: dict[str, dict[str, Outcome]] = {}
+        self._results: dict[str, list[tuple[str, Any]]] = {}  # table -> (file | rows, GX suite result)
 
     def rule(self, expectation: Expectation) -> str:
         params = {name: _param_text(value) for name, value in self.params.items()}
@@ -173,8 +174,10 @@ class ContractRunner:
     def skip(self, table: str, expectation: Expectation, why: str) -> None:
         self.outcome(table, expectation).skipped = why
 
-    def _validate(self, table: str, expectations: list[Expectation], frame: pd.DataFrame) -> list[Any]:
-        """(expectation, GX result) pairs; raises ContractError if any expectation raised."""
+    def _validate(
+        self, table: str, expectations: list[Expectation], frame: pd.DataFrame
+    ) -> tuple[list[Any], Any]:
+        """(expectation, GX result) pairs and the GX suite result; ContractError if any expectation raised."""
         by_name = {e.name: e for e in expectations}
         suite = self._gx.ExpectationSuite(
             name=table,
@@ -193,13 +196,18 @@ class ContractRunner:
             pairs.append((expectation, r))
         if len(pairs) != len(expectations):
             raise ContractError(f"{table}: {len(expectations)} expectations run, {len(pairs)} results")
-        return pairs
+        return pairs, result
+
+    def _keep(self, table: str, kind: str, result: Any) -> None:
+        """Keep a GX suite result (once read: its long lists are cut) for the Data Docs."""
+        self._results.setdefault(table, []).append((kind, trimmed(result)))
 
     def check_file(self, table: str, sample: pd.DataFrame) -> list[str]:
         """Run the file-scope expectations on a file's columns and first row; the failed rules, readable."""
         contract = load_contract(table)
         problems = []
-        for expectation, r in self._validate(table, contract.file_level, sample):
+        pairs, result = self._validate(table, contract.file_level, sample)
+        for expectation, r in pairs:
             outcome = self.outcome(table, expectation)
             outcome.checked += 1
             if r.success:
@@ -215,6 +223,7 @@ class ContractRunner:
                 problems.append("no rows")
             else:
                 problems.append(f"expected {self.rule(expectation)}")
+        self._keep(table, "file", result)
         return problems
 
     def check_rows(self, table: str, frame: pd.DataFrame, skip: Iterable[str] = ()) -> list[RowFailure]:
@@ -234,7 +243,8 @@ class ContractRunner:
         expectations = contract.parseable + [e for e in contract.row_level if e.name not in skip]
         unparsed = set(frame.loc[frame[contract.parseable[0].column].notna(), ROW_ID].tolist())
         failures: list[RowFailure] = []
-        for expectation, r in self._validate(table, expectations, frame):
+        pairs, result = self._validate(table, expectations, frame)
+        for expectation, r in pairs:
             outcome = self.outcome(table, expectation)
             parse_rule = expectation.check == PARSEABLE
             outcome.checked += len(frame) if parse_rule else len(frame) - len(unparsed)
@@ -248,8 +258,30 @@ class ContractRunner:
                 outcome.failed += 1
                 if len(outcome.samples) < self.sample_failures:
                     outcome.samples.append(reason)
+        self._keep(table, "rows", result)
         return failures
 
     def results(self) -> dict[str, list[dict[str, Any]]]:
         """Per table, every expectation's outcome so far (the run's contract results)."""
         return {t: [o.to_json() for o in per.values()] for t, per in self.outcomes.items()}
+
+    def validations(self) -> list[Validation]:
+        """The run's GX results as Data Docs pages, per table: the file-scope expectations (each one's first
+        failing file, else its first) with the rows (`rows`), or one page per batch of rows (`batch-<k>`)."""
+        pages = []
+        for table, kept in self._results.items():
+            files = [r for kind, r in kept if kind == "file"]
+            batches = [r for kind, r in kept if kind == "rows"]
+            per_file: dict[str, Any] = {}
+            for suite_result in files:
+                for r in suite_result.results:
+                    name = r.expectation_config.meta["name"]
+                    if name not in per_file or (per_file[name].success and not r.success):
+                        per_file[name] = r
+            sources = batches or files[:1]
+            suite = load_suite(table)
+            for k, source in enumerate(sources):
+                results = ([*per_file.values()] if k == 0 else []) + (source.results if batches else [])
+                batch = "rows" if len(batches) == 1 else f"batch-{k + 1}" if batches else "files"
+                pages.append(Validation(suite, batch, combined(table, results, dict(source.meta))))
+        return pages

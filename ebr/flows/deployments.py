@@ -2,8 +2,9 @@
 
     python -m ebr.flows.deployments     # keeps running; runs what the UI or `prefect deployment run` asks
 
-The deployments' defaults are the flow's; the nightly deployment is created paused (opt in with its toggle
-in the UI)."""
+The deployments' defaults and parameters are the flow's, described in its run form (the flow's `Args:`);
+each run reads and writes its dataset (`-p dataset=NAME`; by default the source's own: `-p scale=tiny` is
+sim-tiny-s7). The nightly deployment is created paused (opt in with its toggle in the UI)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Without PREFECT_API_URL, Prefect 3 starts a temporary API server (`SubprocessASGIServer`, a uvicorn child
 process) and stops it at exit, which a `kill -9` of the command skips: the server was left running. The
-flow commands (`FLOW_COMMANDS`) therefore start that server themselves, the way Prefect does (same uvicorn
+flow commands (`ebr ingest`, `ebr retrain`) therefore start that server themselves (`temporary_api`, once
+their config is validated: a typo fails before any server starts), the way Prefect does (same uvicorn
 command and environment), but with the Linux parent-death signal set in the child (`prctl(PR_SET_PDEATHSIG,
 SIGKILL)` between fork and exec): the kernel kills it when the command dies, however it dies (strictly:
 when the thread that started it ends; the flow commands start it from the thread that runs them). The command
@@ -23,10 +24,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from functools import wraps
 from typing import Any
 
-FLOW_COMMANDS = frozenset({"ingest", "retrain"})
 PR_SET_PDEATHSIG = 1
 
 
@@ -130,14 +129,3 @@ def temporary_api() -> Iterator[str | None]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def supervised(callback: Callable[..., Any]) -> Callable[..., Any]:
-    """`callback` run with a `temporary_api` (how the flow commands are registered)."""
-
-    @wraps(callback)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        with temporary_api():
-            return callback(*args, **kwargs)
-
-    return run

@@ -34,7 +34,7 @@ from ebr.ingestion.discover import expected_files, find_sources, read_schema_ver
 from ebr.ingestion.errors import DatabaseUnavailableError, IngestError, MalformedInputError, first_line
 from ebr.ingestion.results import IngestResult
 from ebr.ingestion.stage import create_tables, stage_source, typed_columns
-from ebr.ingestion.validate import check_bad_share, scalar, validate_table
+from ebr.ingestion.validate import check_bad_share, key_conflicts, scalar, validate_table
 from ebr.ingestion.write import record_failed_run, record_run, write_rows
 from ebr.runs import new_run_id
 from ebr.schema import LOG_TABLES
@@ -95,6 +95,7 @@ def _ingest(
         _load(con, runner, logs_dir, config, result)
     finally:
         result.contracts = runner.results()
+        result.validations = runner.validations()  # for the Data Docs (ebr.flows.ingest.publish_data_docs)
 
 
 def _load(
@@ -128,6 +129,9 @@ def _load(
             result.tables[source.table.name] = validate_table(
                 con, runner, source.table, known, config.validation_batch_rows
             )
+            conflicts = key_conflicts(con, source.table)
+            if conflicts is not None:
+                result.key_conflicts[source.table.name] = conflicts
         result.contracts = runner.results()
         check_bad_share(result, config.max_bad_fraction)
         write_rows(con, result.run_id, sources)

@@ -26,6 +26,14 @@ class TableCounts:
             )
 
 
+@dataclass(frozen=True)
+class KeyConflicts:
+    """Rows of a table whose key is already loaded with different content (the contract's `key_conflict`)."""
+
+    rows: int
+    example: str  # one such key, e.g. `user_id=17`
+
+
 @dataclass
 class IngestResult:
     run_id: str
@@ -38,8 +46,11 @@ class IngestResult:
     document_columns: dict[str, str] = field(default_factory=dict)  # extra document columns kept, by kind
     files: dict[str, list[str]] = field(default_factory=dict)
     tables: dict[str, TableCounts] = field(default_factory=dict)
+    key_conflicts: dict[str, KeyConflicts] = field(default_factory=dict)  # tables with conflicts only
     contracts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     error: str | None = None
+    data_docs: str | None = None  # the Great Expectations Data Docs index.html, once published
+    validations: list[Any] = field(default_factory=list, repr=False)  # ebr.contracts.docs.Validation
 
     def counts_json(self) -> dict[str, Any]:
         return {
@@ -60,8 +71,10 @@ class IngestResult:
             "schema_version": self.schema_version,
             "document_columns": self.document_columns,
             "tables": {t: asdict(c) for t, c in self.tables.items()},
+            "key_conflicts": {t: asdict(c) for t, c in self.key_conflicts.items()},
             "failed_expectations": {
                 t: [o["expectation"] for o in outcomes if not o["success"]]
                 for t, outcomes in self.contracts.items()
             },
+            "data_docs": self.data_docs,
         }

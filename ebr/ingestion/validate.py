@@ -12,7 +12,7 @@ from ebr.contracts import ContractRunner, load_contract
 from ebr.contracts.casting import quote_ident as q
 from ebr.contracts.checks import CheckContext, check_query, skip_reason
 from ebr.ingestion.errors import BadShareError
-from ebr.ingestion.results import IngestResult, TableCounts
+from ebr.ingestion.results import IngestResult, KeyConflicts, TableCounts
 from ebr.schema import TABLES, Table
 
 
@@ -93,15 +93,52 @@ def validate_table(
     return counts
 
 
+def key_conflicts(con: duckdb.DuckDBPyConnection, table: Table) -> KeyConflicts | None:
+    """The rows of temp.batch_<table> (after `validate_table`: not identical to loaded rows) whose key, the
+    columns of the contract's `unique_key` check, is already loaded: their count and the smallest such key."""
+    keys = [
+        e.meta["columns"] for e in load_contract(table.name).checks if e.meta.get("check") == "unique_key"
+    ]
+    if not keys:
+        return None
+    cols = list(keys[0])
+    on = " AND ".join(f"d.{q(c)} = b.{q(c)}" for c in cols)
+    rows = con.execute(f"""
+        SELECT {", ".join(f"b.{q(c)}" for c in cols)}, count(*) OVER () FROM temp.batch_{table.name} b
+        WHERE EXISTS (SELECT 1 FROM main.{q(table.name)} d WHERE {on})
+        ORDER BY {", ".join(f"b.{q(c)}" for c in cols)} LIMIT 1""").fetchone()
+    if rows is None:
+        return None
+    return KeyConflicts(
+        rows=rows[-1], example=", ".join(f"{c}={v}" for c, v in zip(cols, rows, strict=False))
+    )
+
+
+def _share(table: str, counts: TableCounts, conflicts: KeyConflicts | None) -> str:
+    failed = f"{counts.quarantined} of {counts.read} rows"
+    loaded = f"key conflicts with rows already loaded (e.g. {conflicts.example})" if conflicts else ""
+    if conflicts and conflicts.rows == counts.quarantined:
+        return f"{table}: {failed} are {loaded}"
+    share = f"{table}: {failed} ({counts.quarantined / counts.read:.1%}) failed their contract"
+    return f"{share}, {conflicts.rows} of them {loaded}" if conflicts else share
+
+
 def check_bad_share(result: IngestResult, max_bad_fraction: float) -> None:
-    """BadShareError if a table's quarantined share of the rows read passes `max_bad_fraction`."""
+    """BadShareError if a table's quarantined share of the rows read passes `max_bad_fraction`; rows whose
+    keys are already loaded with different content are named key conflicts (another source loaded into
+    this dataset: the message says to give this one its own)."""
     over = [
-        f"{t}: {c.quarantined} of {c.read} rows ({c.quarantined / c.read:.1%}) failed their contract"
+        (t, _share(t, c, result.key_conflicts.get(t)))
         for t, c in result.tables.items()
         if c.read and c.quarantined / c.read > max_bad_fraction
     ]
     if over:
+        hint = (
+            "; load this source into its own dataset (data.dataset=NAME / --dataset NAME)"
+            if any(t in result.key_conflicts for t, _ in over)
+            else ""
+        )
         raise BadShareError(
-            f"{'; '.join(over)}, above max_bad_fraction {max_bad_fraction}; "
-            f"nothing loaded (run {result.run_id})"
+            f"{'; '.join(text for _, text in over)}, above max_bad_fraction {max_bad_fraction}; "
+            f"nothing loaded (run {result.run_id}){hint}"
         )

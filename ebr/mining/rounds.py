@@ -310,7 +310,7 @@ def mine_and_train(
     from ebr.runs import start_run
 
     check_config(cfg.mining)
-    run = start_run(cfg, "mine", run_id)
+    run = start_run(cfg, "mine", cfg.data.dataset, run_id)
     split = split_from_config(db_path, cfg)
     features = build_features(db_path, cfg, split)
     report = run_mining(cfg, db_path, run.path, run.run_id, features, shards)

@@ -2,7 +2,9 @@
 
 Positives are clicked documents (or all impressed ones). Negatives per positive: `random_negatives`
 documents drawn uniformly from the positive's vertical, redrawn every batch, plus up to `mined_negatives` from
-an optional mined table of (session_id, doc_id) pairs (e.g. offline hard negatives).
+an optional mined table of (session_id, doc_id) pairs (e.g. offline hard negatives). With `validation_pairs`,
+whole training sessions (seeded, about that many pairs, at most a tenth of them) are kept out of training as
+the validation slice: its batches (random negatives drawn once) give the validation loss of every epoch.
 """
 
 from __future__ import annotations
@@ -38,6 +40,18 @@ def training_pairs(features: FeatureSet, positives: str) -> TrainingPairs:
         imp.loc[keep, ["session_row", "doc_row"]].drop_duplicates().sort_values(["session_row", "doc_row"])
     )
     return TrainingPairs(pairs["session_row"].to_numpy(np.int64), pairs["doc_row"].to_numpy(np.int64))
+
+
+def validation_split(pairs: TrainingPairs, n: int, seed: int) -> tuple[TrainingPairs, TrainingPairs]:
+    """(training, validation): whole sessions, in a seeded order, moved to validation while their pairs add
+    up to at most min(n, a tenth of the pairs), so that a small log keeps its training data."""
+    budget = min(n, len(pairs.session_rows) // 10)
+    sessions, counts = np.unique(pairs.session_rows, return_counts=True)
+    order = np.random.default_rng([seed, 17]).permutation(len(sessions))
+    chosen = sessions[order[np.cumsum(counts[order]) <= budget]]
+    held = np.isin(pairs.session_rows, chosen)
+    part = [TrainingPairs(pairs.session_rows[m], pairs.doc_rows[m]) for m in (~held, held)]
+    return part[0], part[1]
 
 
 def mined_bags(features: FeatureSet, mined: pd.DataFrame) -> Bags:
@@ -128,11 +142,13 @@ class TripletDataModule(L.LightningDataModule):
         mined: pd.DataFrame | None = None,
         mined_negatives: int = 0,
         seed: int = 0,
+        validation_pairs: int = 0,
     ) -> None:
         super().__init__()
         self.pairs = training_pairs(features, positives)
         if len(self.pairs.session_rows) == 0:
             raise ValueError(f"no training positives ({positives}) in the training sessions")
+        self.pairs, self.validation = validation_split(self.pairs, validation_pairs, seed)
         self.batch_size = batch_size
         self.seed = seed
         self.collator = TripletCollator(
@@ -145,6 +161,15 @@ class TripletDataModule(L.LightningDataModule):
             mined_negatives,
             seed,
         )
+        self.validation_batches: list[dict[str, object]] = []
+        if len(self.validation.session_rows):
+            val = TripletCollator(
+                features, self.validation, query_fields, doc_fields, random_negatives, None, 0, seed + 1
+            )
+            n = len(self.validation.session_rows)
+            self.validation_batches = [
+                val(list(range(a, min(a + batch_size, n)))) for a in range(0, n, batch_size)
+            ]
 
     @property
     def n_pairs(self) -> int:
@@ -152,6 +177,14 @@ class TripletDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return shuffled_batches(self.n_pairs, self.batch_size, self.collator, self.seed)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """The validation batches as drawn once (no slice: an empty list, Lightning then skips validation)."""
+        return (
+            DataLoader(self.validation_batches, batch_size=None, collate_fn=_as_is)
+            if self.validation_batches
+            else []
+        )
 
 
 def shuffled_batches(n_pairs: int, batch_size: int, collate: Callable, seed: int) -> DataLoader:
@@ -163,3 +196,7 @@ def shuffled_batches(n_pairs: int, batch_size: int, collate: Callable, seed: int
         collate_fn=collate,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _as_is(batch: dict[str, object]) -> dict[str, object]:
+    return batch

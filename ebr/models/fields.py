@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 Fields = dict[str, "np.ndarray | Bags"]
 
@@ -82,6 +81,8 @@ def n_rows(fields: Fields) -> int:
 def to_tensors(fields: Fields) -> dict[str, object]:
     """Torch inputs: (ids, offsets, per-sample weights) per bag column, lists of str for text columns
     (object arrays), tensors for the others."""
+    import torch  # the columns themselves are numpy: serving featurises queries without torch
+
     out: dict[str, object] = {}
     for name, col in fields.items():
         if isinstance(col, np.ndarray) and col.dtype == object:

@@ -9,14 +9,17 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ebr.models.fields import Bags, Fields
-from ebr.models.pretrained import FrozenEncoder
 from ebr.models.social import lookup_rows
 from ebr.models.text_features import TextFeaturizer, TextHasher
 from ebr.models.vocab import Vocab
+
+if TYPE_CHECKING:
+    from ebr.models.pretrained import FrozenEncoder  # torch: imported only for a tower that has one
 
 CONTEXT = ("city", "region", "country", "language")
 
@@ -134,4 +137,9 @@ class QueryFeaturizer:
                 Bags(z["clusters_indptr"], z["clusters_ids"], z["clusters_weights"]),
             )
             n_clusters = int(z["n_clusters"])
-        return cls(text, vocabs, users, n_clusters, FrozenEncoder.load(folder))
+        encoder = None
+        if (folder / "pretrained.json").is_file():
+            from ebr.models.pretrained import FrozenEncoder
+
+            encoder = FrozenEncoder.load(folder)
+        return cls(text, vocabs, users, n_clusters, encoder)

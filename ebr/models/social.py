@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
-import scipy.sparse as sp
 
 from ebr.models.fields import Bags
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp  # imported where used: serving looks up users (lookup_rows) without scipy
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ def lookup_rows(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 def build_graph(user_ids: np.ndarray, edges: np.ndarray) -> SocialGraph:
     """Undirected graph over `user_ids` from (user_id, friend_id) rows; edges to unknown users are dropped."""
+    import scipy.sparse as sp
+
     ids = np.unique(np.asarray(user_ids, dtype=np.int64))
     edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
     a, b = lookup_rows(ids, edges[:, 0]), lookup_rows(ids, edges[:, 1])
@@ -61,6 +66,8 @@ def fastrp(
 
     weights[0] weighs the user's own random vector R (order 0), weights[k] the k-hop propagation.
     """
+    import scipy.sparse as sp
+
     n = len(graph.user_ids)
     rng = np.random.default_rng(seed)
     # very sparse random projection (Achlioptas, s=3): +-sqrt(3) with probability 1/6 each, else 0
@@ -122,6 +129,8 @@ def member_aggregates(
 ) -> tuple[np.ndarray, Bags]:
     """Per owner (a group or event): the L2-normalised mean of its members' vectors and the distribution of
     their clusters (weights sum to 1). Owners without members get zeros and an empty bag."""
+    import scipy.sparse as sp
+
     counts = np.bincount(owner_rows, minlength=n_owners).astype(np.float32)
     weights = (1.0 / counts[owner_rows]).astype(np.float32)
     mix = sp.csr_matrix((weights, (owner_rows, member_rows)), shape=(n_owners, len(vectors)))

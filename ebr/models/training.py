@@ -10,6 +10,7 @@ import logging
 import math
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -30,7 +31,7 @@ from ebr.models.features import FeatureSet
 from ebr.models.fields import Bags, Fields, n_rows, take
 from ebr.models.lightning_module import TwoTowerModule
 from ebr.models.mined_data import MinedTripletDataModule
-from ebr.models.towers import (
+from ebr.models.specs import (
     DOCUMENT_KINDS,
     EXTRA_KINDS,
     MEMBER_FIELDS,
@@ -39,11 +40,10 @@ from ebr.models.towers import (
     TEXT_FIELDS,
     TOWER_KINDS,
     GroupSpec,
-    Tower,
     TowerSpec,
-    encode,
     field_specs,
 )
+from ebr.models.towers import Tower, encode
 from ebr.runners import SERIAL, Shards
 
 log = logging.getLogger(__name__)
@@ -248,6 +248,7 @@ def train_tower(
             mined=mined,
             mined_negatives=int(tcfg.mined_negatives),
             seed=int(cfg.seed),
+            validation_pairs=int(tcfg.validation_pairs),
         )
     checkpoints = ModelCheckpoint(
         dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0, enable_version_counter=False
@@ -261,8 +262,12 @@ def train_tower(
         callbacks=[checkpoints, TrainingProgress(f"train {name}", shards)],
         default_root_dir=out_dir,
     )
+    module.label = name
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data)
+    with warnings.catch_warnings():  # no validation slice (a mined round's data, validation_pairs=0): no loop
+        warnings.filterwarnings("ignore", "You defined a `validation_step` but have no `val_dataloader`")
+        warnings.filterwarnings("ignore", "Total length of `list` across ranks is zero")
+        trainer.fit(module, datamodule=data)
     seconds = time.perf_counter() - start
     v = variant(cfg, name)
     stats = {
@@ -277,12 +282,14 @@ def train_tower(
         "pairs_per_s": round(module.pairs_seen / seconds, 1),
         "triplets_per_s": round(module.triplets_seen / seconds, 1),
         "final_loss": float(trainer.callback_metrics.get("train/loss_epoch", float("nan"))),
+        "validation_pairs": len(data.validation.session_rows) if isinstance(data, TripletDataModule) else 0,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "device": str(module.device),
         "processes": trainer.world_size,  # > 1 with DDP: pairs_seen counts this process's share only
         "parameters": sum(p.numel() for p in module.parameters()),
         "transferred_parameters": transferred,
         "notes": notes,
+        **module.history,  # per epoch: epoch_loss, epoch_val_loss, epoch_val_recall@10 (the loss picture)
     }
     if torch.cuda.is_available():
         stats["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

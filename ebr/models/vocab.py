@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-import pandas as pd
 
 OOV = 0
 
 
 def _key(value: object) -> str | None:
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+    pd = sys.modules.get("pandas")  # pd.NA exists only once pandas is imported: serving does not import it
+    if value is None or (isinstance(value, float) and np.isnan(value)) or (pd is not None and value is pd.NA):
         return None
     text = str(value).strip().casefold()
     return text or None

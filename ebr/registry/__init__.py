@@ -1,6 +1,7 @@
 """Published versions on disk: manifests with checksums, verification on load, and the serving pointer.
 
-A version is an immutable folder under versions/; `serving.json` in the home names the served one and is
+Each dataset has its own (ebr/home.py): a version is an immutable folder under the dataset's versions/;
+`serving.json` in the dataset's folder names the served one and is
 replaced atomically (write a temporary file, fsync, rename), so a reader always sees an old or a new pointer,
 never half of one. The catalogue of published versions (DuckDB) is `ebr.registry.catalogue`; writing and
 promoting a version is `ebr.registry.publication`.
@@ -65,27 +66,30 @@ def verify_version(version_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def served_version() -> str | None:
-    """The name of the served version, or None when nothing is served."""
-    pointer = home.home() / POINTER
+def served_version(dataset: str) -> str | None:
+    """The name of the version served for `dataset`, or None when nothing is served."""
+    pointer = home.dataset_dir(dataset) / POINTER
     if not pointer.is_file():
         return None
     return json.loads(pointer.read_text())["version"]
 
 
-def served_version_dir(verify: bool = True) -> Path:
-    """The folder of the served version, checked against its manifest unless verify=False."""
-    version = served_version()
+def served_version_dir(dataset: str, verify: bool = True) -> Path:
+    """The folder of the version served for `dataset`, checked against its manifest unless verify=False."""
+    version = served_version(dataset)
     if version is None:
-        raise NoServedVersionError(f"no version is served in {home.home()}: run a retrain that publishes one")
-    version_dir = home.versions_dir() / version
+        raise NoServedVersionError(
+            f"no version is served in dataset {dataset} ({home.dataset_dir(dataset)}): "
+            "run a retrain that publishes one"
+        )
+    version_dir = home.versions_dir(dataset) / version
     if verify:
         verify_version(version_dir)
     return version_dir
 
 
-def set_served_version(version: str) -> None:
-    """Point serving at `version` (which must exist), atomically."""
-    if not (home.versions_dir() / version / MANIFEST).is_file():
-        raise FileNotFoundError(f"{home.versions_dir() / version}: no such published version")
-    atomic_write_text(home.home() / POINTER, json.dumps({"version": version}))
+def set_served_version(dataset: str, version: str) -> None:
+    """Point the serving of `dataset` at `version` (which must exist), atomically."""
+    if not (home.versions_dir(dataset) / version / MANIFEST).is_file():
+        raise FileNotFoundError(f"{home.versions_dir(dataset) / version}: no such published version")
+    atomic_write_text(home.dataset_dir(dataset) / POINTER, json.dumps({"version": version}))

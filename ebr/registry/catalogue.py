@@ -1,4 +1,4 @@
-"""The catalogue of published versions in the home's DuckDB: which versions exist, which run published each,
+"""The catalogue of published versions in a dataset's DuckDB: which versions exist, which run published each,
 what was served when, and the repairs an interrupted publication needs.
 
 Tables: `published_versions(version, created_at, status, run_id, gate_passed, gate_json, metrics_json,
@@ -57,10 +57,10 @@ class AdoptionError(ValueError):
 
 
 @contextmanager
-def locked() -> Iterator[None]:
-    """An exclusive lock on versions/ (released by the OS if the process dies)."""
-    home.versions_dir().mkdir(parents=True, exist_ok=True)
-    with open(home.versions_dir() / ".lock", "w") as lock:
+def locked(dataset: str) -> Iterator[None]:
+    """An exclusive lock on the dataset's versions/ (released by the OS if the process dies)."""
+    home.versions_dir(dataset).mkdir(parents=True, exist_ok=True)
+    with open(home.versions_dir(dataset) / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -68,8 +68,8 @@ def locked() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def connect() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(str(home.db_path()))
+def connect(dataset: str) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(home.db_path(dataset)))
     con.execute(REGISTRY_DDL)
     return con
 
@@ -85,23 +85,23 @@ def published(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {r[0] for r in rows}
 
 
-def version_folders() -> list[str]:
-    """The names of the version folders in versions/ (staging folders excluded), sorted."""
-    folder = home.versions_dir()
+def version_folders(dataset: str) -> list[str]:
+    """The names of the dataset's version folders (staging folders excluded), sorted."""
+    folder = home.versions_dir(dataset)
     if not folder.is_dir():
         return []
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and VERSION_NAME.match(p.name))
 
 
-def version_of_run(con: duckdb.DuckDBPyConnection, run_id: str) -> str | None:
+def version_of_run(con: duckdb.DuckDBPyConnection, dataset: str, run_id: str) -> str | None:
     """The version a run published (publication is idempotent per run id), or None."""
     row = con.execute(
         "SELECT version FROM published_versions WHERE run_id = ? ORDER BY version LIMIT 1", [run_id]
     ).fetchone()
     if row:
         return row[0]
-    served = registry.served_version()  # published, but the crash came before its registry row
-    if served is not None and read_manifest(served).get("run_id") == run_id:
+    served = registry.served_version(dataset)  # published, but the crash came before its registry row
+    if served is not None and read_manifest(dataset, served).get("run_id") == run_id:
         return served
     return None
 
@@ -113,7 +113,11 @@ def utc(value: str | None = None) -> datetime:
 
 
 def record(
-    con: duckdb.DuckDBPyConnection, manifest: Mapping[str, Any], action: str | None, previous: str | None
+    con: duckdb.DuckDBPyConnection,
+    dataset: str,
+    manifest: Mapping[str, Any],
+    action: str | None,
+    previous: str | None,
 ) -> None:
     """Register a version from its manifest and the serving event (none when `action` is None), in one
     transaction."""
@@ -129,7 +133,7 @@ def record(
             bool(gate.get("passed")),
             json.dumps(gate),
             json.dumps(manifest.get("metrics") or {}),
-            str(home.versions_dir() / version / registry.MANIFEST),
+            str(home.versions_dir(dataset) / version / registry.MANIFEST),
         ],
     )
     if action is not None:
@@ -137,24 +141,24 @@ def record(
     con.execute("COMMIT")
 
 
-def read_manifest(version: str) -> dict[str, Any]:
-    return json.loads((home.versions_dir() / version / registry.MANIFEST).read_text())
+def read_manifest(dataset: str, version: str) -> dict[str, Any]:
+    return json.loads((home.versions_dir(dataset) / version / registry.MANIFEST).read_text())
 
 
-def reconcile(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+def reconcile(con: duckdb.DuckDBPyConnection, dataset: str) -> dict[str, list[str]]:
     """Register a served version whose catalogue row a crash lost, and report what the catalogue and
     versions/ disagree on (call under the lock); deletes nothing. Returns `adopted` (the served version, now
     registered), `unknown` (version folders not registered: `adopt` or `ebr gc`), `missing` (registered
     versions whose folder is gone) and `staging` (leftovers of interrupted publications: `ebr gc`)."""
-    folders, served = version_folders(), registry.served_version()
+    folders, served = version_folders(dataset), registry.served_version(dataset)
     done: dict[str, list[str]] = {"adopted": [], "unknown": [], "missing": [], "staging": []}
     if served is not None and served in folders and served not in registered(con):
-        record(con, read_manifest(served), "adopt", None)
+        record(con, dataset, read_manifest(dataset, served), "adopt", None)
         done["adopted"].append(served)
     known = registered(con)
     done["unknown"] = [name for name in folders if name not in known]
     done["missing"] = sorted(published(con) - set(folders))
-    done["staging"] = sorted(p.name for p in home.versions_dir().glob(f"{STAGING_PREFIX}*"))
+    done["staging"] = sorted(p.name for p in home.versions_dir(dataset).glob(f"{STAGING_PREFIX}*"))
     if done["adopted"]:
         log.warning("registered the served version %s (its catalogue row was lost)", served)
     if done["unknown"]:
@@ -167,10 +171,11 @@ def reconcile(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
     return done
 
 
-def adopt(version: str) -> dict[str, Any]:
-    """Register versions/<version>/ after verifying it (serving unchanged); returns its manifest."""
-    folder = home.versions_dir() / version
-    with locked(), connect() as con:
+def adopt(dataset: str, version: str) -> dict[str, Any]:
+    """Register the dataset's versions/<version>/ after verifying it (serving unchanged); returns its
+    manifest."""
+    folder = home.versions_dir(dataset) / version
+    with locked(dataset), connect(dataset) as con:
         if version in registered(con):
             raise AdoptionError(f"{folder}: {version} is already registered")
         if not VERSION_NAME.match(version) or not folder.is_dir():
@@ -181,20 +186,21 @@ def adopt(version: str) -> dict[str, Any]:
             raise AdoptionError(f"cannot adopt {version}: {exc}") from None
         if manifest.get("version") != version:
             raise AdoptionError(f"{folder}: its manifest names version {manifest.get('version')!r}")
-        record(con, manifest, None, None)
+        record(con, dataset, manifest, None, None)
     log.warning("adopted version folder %s into the registry", folder)
     return manifest
 
 
-def next_version(con: duckdb.DuckDBPyConnection) -> str:
-    names = registered(con) | set(version_folders())
+def next_version(con: duckdb.DuckDBPyConnection, dataset: str) -> str:
+    names = registered(con) | set(version_folders(dataset))
     return f"v{max((int(n[1:]) for n in names), default=0) + 1:04d}"
 
 
-def rollback(version: str) -> str | None:
-    """Serve an earlier published version after verifying it; returns the version served before."""
-    with locked(), connect() as con:
-        found = reconcile(con)
+def rollback(dataset: str, version: str) -> str | None:
+    """Serve an earlier published version of `dataset` after verifying it; returns the version served
+    before."""
+    with locked(dataset), connect(dataset) as con:
+        found = reconcile(con, dataset)
         if version not in published(con):
             known = ", ".join(sorted(published(con))) or "none"
             hint = (
@@ -203,12 +209,12 @@ def rollback(version: str) -> str | None:
                 else ""
             )
             raise UnknownVersionError(f"unknown version {version!r} (published versions: {known}){hint}")
-        registry.verify_version(home.versions_dir() / version)
-        previous = registry.served_version()
+        registry.verify_version(home.versions_dir(dataset) / version)
+        previous = registry.served_version(dataset)
         try:
-            registry.set_served_version(version)
+            registry.set_served_version(dataset, version)
         finally:
-            if registry.served_version() == version:  # switched, even if a later fsync failed
+            if registry.served_version(dataset) == version:  # switched, even if a later fsync failed
                 con.execute(
                     "INSERT INTO serving_events VALUES (?, 'rollback', ?, ?)", [utc(), version, previous]
                 )
@@ -248,15 +254,15 @@ def _entry(
     }
 
 
-def list_versions(verify: bool = False) -> list[dict[str, Any]]:
-    """Every version, oldest first, with gate metrics and which one is served; its status is `published`,
-    `missing` (registered, folder gone), `unregistered` (a folder the catalogue does not know: `adopt` it)
-    or `published (not yet recorded)` (served, its row lost). Staging folders are not versions; versions
-    `ebr gc` deleted are not listed. With verify=True each entry gets `verified` (and `error`)."""
-    served, folders = registry.served_version(), set(version_folders())
+def list_versions(dataset: str, verify: bool = False) -> list[dict[str, Any]]:
+    """Every version of `dataset`, oldest first, with gate metrics and which one is served; its status is
+    `published`, `missing` (registered, folder gone), `unregistered` (a folder the catalogue does not know:
+    `adopt` it) or `published (not yet recorded)` (served, its row lost). Staging folders are not versions;
+    versions `ebr gc` deleted are not listed. With verify=True each entry gets `verified` (and `error`)."""
+    served, folders = registry.served_version(dataset), set(version_folders(dataset))
     rows = []
-    if home.db_path().is_file():
-        with duckdb.connect(str(home.db_path()), read_only=True) as con:
+    if home.db_path(dataset).is_file():
+        with duckdb.connect(str(home.db_path(dataset)), read_only=True) as con:
             tables = {
                 r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
             }
@@ -274,9 +280,9 @@ def list_versions(verify: bool = False) -> list[dict[str, Any]]:
     }
     for name in sorted(folders - {r[0] for r in rows}):
         status = "published (not yet recorded)" if name == served else "unregistered"
-        path = home.versions_dir() / name / registry.MANIFEST
+        path = home.versions_dir(dataset) / name / registry.MANIFEST
         try:
-            manifest = read_manifest(name)
+            manifest = read_manifest(dataset, name)
         except (OSError, ValueError):
             manifest = {"created_at": None}
         gate = manifest.get("gate") if isinstance(manifest.get("gate"), dict) else {}
@@ -287,7 +293,7 @@ def list_versions(verify: bool = False) -> list[dict[str, Any]]:
     if verify:
         for entry in out:
             try:
-                registry.verify_version(home.versions_dir() / entry["version"])
+                registry.verify_version(home.versions_dir(dataset) / entry["version"])
                 entry["verified"] = True
             except registry.CorruptVersionError as exc:
                 entry["verified"], entry["error"] = False, str(exc)

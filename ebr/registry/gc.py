@@ -1,4 +1,4 @@
-"""`ebr gc`: the only code that deletes state from the home, by an explicit retention policy.
+"""`ebr gc`: the only code that deletes state from a dataset's folder, by an explicit retention policy.
 
 `plan(inventory, policy)` decides, without touching the disk, what goes: published versions beyond the
 `keep_versions` newest (never the served one, nor the one served before it: the rollback target), with
@@ -6,8 +6,9 @@ their engine state (engine/<version>/); run folders beyond the `keep_runs` newes
 (*.ckpt) of kept runs beyond the `keep_checkpoints` newest; engine state of no kept version or run; and
 staging folders left by interrupted publications. Version folders the registry does not know are never
 deleted (they may be newer than a restored database): they are reported, for `ebr versions --adopt`.
-`collect(policy, dry_run)` takes the inventory and applies the plan under the catalogue's lock, logging each
-deletion; a deleted version keeps its registry row with status `deleted`, so its name is never reused.
+`collect(policy, dataset, dry_run)` takes the inventory and applies the plan under the catalogue's lock,
+logging each deletion; a deleted version keeps its registry row with status `deleted`, so its name is never
+reused.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Run:
 
 @dataclass(frozen=True)
 class Inventory:
-    """What the home holds, as `plan` needs it."""
+    """What a dataset's folder holds, as `plan` needs it."""
 
     versions: Sequence[str]  # published (registered, not deleted), with a folder or not
     served: str | None
@@ -57,7 +58,7 @@ class Inventory:
 @dataclass(frozen=True)
 class Deletion:
     kind: str  # one of KINDS
-    name: str  # the version, run id, folder or checkpoint path relative to the home
+    name: str  # the version, run id, folder or checkpoint path relative to the dataset's folder
     path: Path
 
 
@@ -91,7 +92,8 @@ def kept_versions(inventory: Inventory, policy: GcConfig) -> list[str]:
 
 
 def plan(inventory: Inventory, policy: GcConfig, root: Path) -> list[Deletion]:
-    """What `policy` deletes from a home at `root` holding `inventory` (pure: nothing is read or deleted)."""
+    """What `policy` deletes from a dataset's folder `root` holding `inventory` (pure: nothing is read or
+    deleted)."""
     for key in ("keep_versions", "keep_runs", "keep_checkpoints"):
         if getattr(policy, key) < 0:
             raise ValueError(f"gc.{key} must be at least 0, got {getattr(policy, key)}")
@@ -136,14 +138,15 @@ def _previous(con: duckdb.DuckDBPyConnection, served: str | None, versions: set[
     return max(older, key=_number) if older else None
 
 
-def inventory(con: duckdb.DuckDBPyConnection) -> Inventory:
-    """The home's versions, runs, checkpoints, engine state and staging leftovers (call under the lock)."""
-    found = catalogue.reconcile(con)
-    folders = set(catalogue.version_folders())
+def inventory(con: duckdb.DuckDBPyConnection, dataset: str) -> Inventory:
+    """The dataset's versions, runs, checkpoints, engine state and staging leftovers (call under the
+    lock)."""
+    found = catalogue.reconcile(con, dataset)
+    folders = set(catalogue.version_folders(dataset))
     published = catalogue.published(con)
     deleted = catalogue.registered(con) - published
-    served = registry.served_version()
-    runs_dir, engine_dir = home.runs_dir(), home.home() / "engine"
+    served = registry.served_version(dataset)
+    runs_dir, engine_dir = home.runs_dir(dataset), home.engine_dir(dataset)
     runs = [
         Run(p.name, _started(p), tuple(sorted(p.rglob("*.ckpt"))))
         for p in (sorted(runs_dir.iterdir()) if runs_dir.is_dir() else [])
@@ -185,11 +188,11 @@ def _delete(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def collect(policy: GcConfig, dry_run: bool = False) -> GcReport:
-    """Apply `policy` to the home (or, with dry_run, only report what it would delete)."""
-    with catalogue.locked(), catalogue.connect() as con:
-        inv = inventory(con)
-        deletions = [d for d in plan(inv, policy, home.home()) if os.path.lexists(d.path)]
+def collect(policy: GcConfig, dataset: str, dry_run: bool = False) -> GcReport:
+    """Apply `policy` to `dataset` (or, with dry_run, only report what it would delete)."""
+    with catalogue.locked(dataset), catalogue.connect(dataset) as con:
+        inv = inventory(con, dataset)
+        deletions = [d for d in plan(inv, policy, home.dataset_dir(dataset)) if os.path.lexists(d.path)]
         report = GcReport(
             dry_run,
             deletions,

@@ -1,5 +1,5 @@
 """Writing a version and promoting it, atomically: a candidate is staged (written completely, manifest last),
-measured as it would be served, and only then promoted into versions/ and served.
+measured as it would be served, and only then promoted into its dataset's versions/ and served.
 
 Staging (`stage_version`) writes every file of a version into a folder of its own (a run's folder, or
 versions/.staging-*), builds the engine index from the trained quantisers, writes the manifest with the
@@ -232,19 +232,19 @@ def stage_version(
     return json.loads((folder / registry.MANIFEST).read_text())  # as stored (numpy values made JSON)
 
 
-def _new_version(con: duckdb.DuckDBPyConnection, version: str | None) -> tuple[str, Path]:
+def _new_version(con: duckdb.DuckDBPyConnection, dataset: str, version: str | None) -> tuple[str, Path]:
     """The name (the next free one when None) and folder of a version about to be published."""
-    version = version or catalogue.next_version(con)
-    final = home.versions_dir() / version
+    version = version or catalogue.next_version(con, dataset)
+    final = home.versions_dir(dataset) / version
     if not catalogue.VERSION_NAME.match(version) or final.exists() or version in catalogue.registered(con):
         raise ValueError(f"publish: version name {version!r} is invalid or already used")
     return version, final
 
 
-def _staging_dir(version: str) -> Path:
+def _staging_dir(dataset: str, version: str) -> Path:
     """A fresh staging folder name in versions/ (unique even when a dead process had this pid)."""
     name = f"{catalogue.STAGING_PREFIX}{version}-{os.getpid()}-{secrets.token_hex(3)}"
-    return home.versions_dir() / name
+    return home.versions_dir(dataset) / name
 
 
 def _link_tree(source: Path, target: Path) -> None:
@@ -257,21 +257,22 @@ def _link_tree(source: Path, target: Path) -> None:
 
 
 def promote(
-    staged: Path, gate: Mapping[str, Any], run_id: str, version: str | None = None
+    staged: Path, gate: Mapping[str, Any], run_id: str, dataset: str, version: str | None = None
 ) -> PublishedVersion:
-    """Publish the version staged in `staged` with the gate's verdict (`GateResult.to_dict()`) and serve it;
-    a run that already published gets its version back, nothing new (see the module docstring)."""
+    """Publish the version staged in `staged` into `dataset` with the gate's verdict (`GateResult.to_dict()`)
+    and serve it; a run that already published gets its version back, nothing new (see the module
+    docstring)."""
     if not gate.get("passed"):
         raise PublicationRefusedError(f"refusing to publish: {gate.get('reason')}")
-    with catalogue.locked(), catalogue.connect() as con:
-        catalogue.reconcile(con)
-        done = catalogue.version_of_run(con, run_id)
+    with catalogue.locked(dataset), catalogue.connect(dataset) as con:
+        catalogue.reconcile(con, dataset)
+        done = catalogue.version_of_run(con, dataset, run_id)
         if done is not None:
-            path = home.versions_dir() / done
+            path = home.versions_dir(dataset) / done
             return PublishedVersion(done, path, registry.verify_version(path))
         registry.verify_version(staged)
-        version, final = _new_version(con, version)
-        copy = _staging_dir(version)
+        version, final = _new_version(con, dataset, version)
+        copy = _staging_dir(dataset, version)
         try:
             _link_tree(staged, copy)
             manifest = json.loads((copy / registry.MANIFEST).read_text()) | {
@@ -286,29 +287,29 @@ def promote(
         except BaseException:
             shutil.rmtree(copy, ignore_errors=True)
             raise
-        return _promote_locked(con, copy, final, manifest)
+        return _promote_locked(con, dataset, copy, final, manifest)
 
 
 def _promote_locked(
-    con: duckdb.DuckDBPyConnection, copy: Path, final: Path, manifest: dict[str, Any]
+    con: duckdb.DuckDBPyConnection, dataset: str, copy: Path, final: Path, manifest: dict[str, Any]
 ) -> PublishedVersion:
     try:
         os.rename(copy, final)
     except BaseException:
         shutil.rmtree(copy, ignore_errors=True)
         raise
-    previous = registry.served_version()
+    previous = registry.served_version(dataset)
     try:
-        fsync_dir(home.versions_dir())
+        fsync_dir(home.versions_dir(dataset))
         _step("renamed")
         registry.verify_version(final)
-        registry.set_served_version(final.name)
+        registry.set_served_version(dataset, final.name)
     except BaseException:
-        if registry.served_version() != final.name:  # not committed: this call's folder, never served
+        if registry.served_version(dataset) != final.name:  # not committed: this call's folder, never served
             shutil.rmtree(final, ignore_errors=True)
         raise
     _step("served")
-    catalogue.record(con, manifest, "publish", previous)
+    catalogue.record(con, dataset, manifest, "publish", previous)
     _step("recorded")
     return PublishedVersion(final.name, final, manifest)
 
@@ -319,18 +320,20 @@ def publish_version(
     metrics: Mapping[str, Any],
     config: Mapping[str, Any],
     run_id: str,
+    dataset: str,
     data: Mapping[str, Any] | None = None,
     version: str | None = None,
 ) -> PublishedVersion:
-    """Stage and promote in one go (the staging folder is versions/.staging-*, under the lock); refuses a
-    failed gate. `data` is the data version (default: `data_version` of the home's DuckDB)."""
+    """Stage and promote into `dataset` in one go (the staging folder is versions/.staging-*, under the
+    lock); refuses a failed gate. `data` is the data version (default: `data_version` of the dataset's
+    DuckDB)."""
     if not gate.get("passed"):
         raise PublicationRefusedError(f"refusing to publish: {gate.get('reason')}")
-    data = dict(data) if data is not None else data_version(home.db_path())
-    with catalogue.locked(), catalogue.connect() as con:
-        catalogue.reconcile(con)
-        version, final = _new_version(con, version)
-        staging = _staging_dir(version)
+    data = dict(data) if data is not None else data_version(home.db_path(dataset))
+    with catalogue.locked(dataset), catalogue.connect(dataset) as con:
+        catalogue.reconcile(con, dataset)
+        version, final = _new_version(con, dataset, version)
+        staging = _staging_dir(dataset, version)
         try:
             stage_version(pieces, staging, metrics, config, run_id, data)
             manifest = json.loads((staging / registry.MANIFEST).read_text()) | {
@@ -343,4 +346,28 @@ def publish_version(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return _promote_locked(con, staging, final, manifest)
+        return _promote_locked(con, dataset, staging, final, manifest)
+
+
+def dataset_summary(dataset: str) -> dict[str, Any]:
+    """What `ebr datasets` shows of a dataset: the row counts of its log tables, its last ingestion run,
+    its served version and how many version folders it holds."""
+    db = home.db_path(dataset)
+    out: dict[str, Any] = {
+        "dataset": dataset,
+        "path": str(home.dataset_dir(dataset)),
+        "tables": {},
+        "last_ingest": None,
+        "served_version": registry.served_version(dataset),
+        "versions": len(catalogue.version_folders(dataset)),
+    }
+    if not db.is_file():
+        return out
+    out["tables"], runs = _counts(db)
+    if runs:
+        with duckdb.connect(str(db), read_only=True) as con:
+            run_id, finished, status = con.execute(
+                "SELECT run_id, finished_at, status FROM ingest_runs ORDER BY started_at DESC LIMIT 1"
+            ).fetchone()
+        out["last_ingest"] = {"run_id": run_id, "finished_at": str(finished), "status": status}
+    return out

@@ -1,9 +1,13 @@
 """The HTTP API (FastAPI) over the served version: search, realtime document changes, health.
 
 Searches run in worker threads under a deadline (engine.serving.request_timeout_s): past it the request
-answers 504 and the executor stops at its next operator. Errors are JSON {"detail": ..., "position": ...}
-with 400 (bad expression or request), 404 (unknown document), 409 (document exists), 422 (malformed body),
-503 (nothing served) or 504 (timeout).
+answers 504 and the executor stops at its next operator. Errors are JSON `ErrorBody`s
+{"detail": ..., "position": ...}, their status codes in `ERRORS`.
+
+Every route has a response model and documents its error answers; results carry their title and vertical
+(`SearchService.describe`); `vertical` is, in /openapi.json, an enum of the served version's verticals
+(regenerated when another version is served), and a search naming another one answers 400.
+/docs (Swagger UI) and /redoc load their scripts from this server (fastapi-offline's assets): no CDN.
 
 Writes (/documents) and /admin need `Authorization: Bearer <token>` (401 otherwise), the token coming from
 $EBR_API_TOKEN or engine.serving.token_file; with no token configured they answer 403 unless
@@ -14,6 +18,7 @@ bool or string where a number is expected, vectors finite in float32 with a nonz
 
 from __future__ import annotations
 
+import copy
 import hmac
 import json
 import math
@@ -30,12 +35,13 @@ import numpy as np
 from fastapi import Body, Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ebr.retrieval.config import EngineConfig
 from ebr.retrieval.documents import UpdateError
-from ebr.retrieval.executor import QueryTimeoutError
+from ebr.retrieval.executor import NNStats, QueryTimeoutError, RankingStats
 from ebr.retrieval.service import HotSwapper, SearchError, SearchRequest
 
 TOKEN_ENV = "EBR_API_TOKEN"
@@ -121,9 +127,17 @@ class Context(BaseModel):
 
 
 class SearchBody(BaseModel):
-    model_config = STRICT
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"vertical": "people", "query_text": "john smith", "limit": 10},
+                {"expr": "(and (term vertical:people) $text)", "query_text": "john", "explain": True},
+            ]
+        },
+    )
     expr: str | None = Field(None, description="An expression; omit it to use the vertical's template")
-    vertical: str | None = Field(None, max_length=100)
+    vertical: str | None = Field(None, max_length=100, description="One of the served version's verticals")
     query_text: str | None = Field(None, max_length=1_000)
     searcher_id: Int64 | None = None
     context: Context = Field(default_factory=Context)
@@ -134,7 +148,12 @@ class SearchBody(BaseModel):
 
 
 class DocumentBody(BaseModel):
-    model_config = STRICT
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"doc_id": 42, "terms": ["vertical:people", "text:john", ["quality:static", 0.8]]}]
+        },
+    )
     doc_id: Int64
     terms: Terms = Field(default_factory=list)
     embeddings: dict[str, Vector] = Field(default_factory=dict)
@@ -159,9 +178,120 @@ class BatchBody(BaseModel):
     changes: list[Change]
 
 
-def create_app(config: EngineConfig, swapper: HotSwapper | None = None, watch: bool = True) -> FastAPI:
-    """The app; `watch` polls serving.json for new versions (tests may drive `swapper.check()` themselves)."""
-    swapper = swapper or HotSwapper(config)
+class Problem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"detail": "expression: column 37: :radius must be between 0 and 2"}]}
+    )
+    detail: str | list[Problem] = Field(description="What is wrong; a 422 lists each problem of the body")
+    position: int | None = Field(None, description="0-based offset in the expression of a query error")
+
+
+class SearchResult(BaseModel):
+    doc_id: int
+    score: float | None = Field(description="Its best score under the expression's scoring operators")
+    title: str | None = Field(description="The version's title of the document (None: added since)")
+    vertical: str | None = Field(description="The document's vertical (its `vertical:` term)")
+
+
+class SearchAnswer(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "version": "v0003",
+                    "expr": "(and (term vertical:people) (or (term text:john) (nn unified :radius 0.24)))",
+                    "total": 57,
+                    "took_ms": 3.2,
+                    "results": [{"doc_id": 1017, "score": 0.91, "title": "John Smith", "vertical": "people"}],
+                }
+            ]
+        }
+    )
+    version: str
+    expr: str = Field(description="The expression that ran (template filled, $text expanded)")
+    total: int = Field(description="Matches before the limit")
+    took_ms: float
+    results: list[SearchResult]
+    nn: list[NNStats] | None = Field(None, description="With explain: how each nn ran")
+    ranking: list[RankingStats] | None = Field(None, description="With explain: the ranking operators")
+
+
+class StoredDocument(BaseModel):
+    doc_id: int
+    terms: list[str]
+    payloads: dict[str, float] = Field(description="The payloads of the terms that carry one")
+    keys: list[str] = Field(description="The embedding keys the document has a vector under")
+
+
+class Applied(BaseModel):
+    version: str
+    applied: int = Field(description="Changes applied (and logged)")
+
+
+class Compacted(BaseModel):
+    version: str
+    generation: int = Field(description="The snapshot generation written")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "read_only", "no_version"]
+    version: str | None
+    read_only_reason: str | None = Field(description="Why the served version takes no changes")
+    last_error: str | None = Field(description="Why the last version served could not be loaded")
+
+
+ERRORS = {
+    400: "a bad expression or request (an unknown vertical, a bad term), or a Host not allowed",
+    401: "no valid 'Authorization: Bearer <token>'",
+    403: "writes are disabled: no API token is configured",
+    404: "no such document",
+    409: "the document exists",
+    413: "the body, a document or a batch is over its limit",
+    415: "the body is not Content-Type: application/json",
+    422: "a malformed body: unknown fields, wrong types, a vector too long (the input is not echoed)",
+    503: "no version is served, the server is read-only, or the pool is full (retry later)",
+    504: "the search ran past engine.serving.request_timeout_s",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route: each status code's ErrorBody and what it means."""
+    return {code: {"model": ErrorBody, "description": ERRORS[code]} for code in codes}
+
+
+def with_verticals(schema: dict[str, Any], version: str | None, verticals: list[str]) -> dict[str, Any]:
+    """The OpenAPI schema with `vertical` (of a search and of its results) an enum of `verticals`."""
+    schema = copy.deepcopy(schema)
+    models = schema["components"]["schemas"]
+    if verticals:
+        vertical = {"enum": verticals, "description": f"The verticals of version {version}"}
+    else:
+        none = f"Version {version} has no vertical with a template" if version else "No version is served"
+        vertical = {"description": none}
+    models["Vertical"] = {"type": "string", **vertical}
+    for model in ("SearchBody", "SearchResult"):
+        field = models[model]["properties"]["vertical"]
+        field["anyOf"] = [{"$ref": "#/components/schemas/Vertical"}, {"type": "null"}]
+    return schema
+
+
+def create_app(
+    config: EngineConfig, swapper: HotSwapper | None = None, watch: bool = True, dataset: str | None = None
+) -> FastAPI:
+    """The app over the version served for `dataset` (or `swapper`'s); `watch` polls serving.json for new
+    versions (tests may drive `swapper.check()` themselves)."""
+    if swapper is None:
+        if dataset is None:
+            raise TypeError("create_app: give the dataset to serve, or a swapper")
+        swapper = HotSwapper(config, dataset)
     timeout = config.serving.request_timeout_s
     max_dims = config.serving.max_vector_dims
     token = api_token(config.serving.token_file)
@@ -205,7 +335,17 @@ def create_app(config: EngineConfig, swapper: HotSwapper | None = None, watch: b
         finally:
             swapper.stop()
 
-    app = FastAPI(title="EBR retrieval engine", lifespan=lifespan)
+    app = FastAPIOffline(
+        title="EBR retrieval engine",
+        description="Search the served version, change its documents in realtime (docs/engine.md).",
+        openapi_tags=[
+            {"name": "search", "description": "Queries: an expression or a vertical's calibrated template"},
+            {"name": "documents", "description": "Realtime changes, logged before they are acknowledged"},
+            {"name": "admin", "description": "Maintenance of the served version's realtime state"},
+            {"name": "health", "description": "What is served, and why it may be read-only"},
+        ],
+        lifespan=lifespan,
+    )
     app.add_middleware(BodyLimit, max_bytes=config.serving.max_body_bytes)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.serving.allowed_hosts)
     app.state.swapper = swapper
@@ -275,19 +415,44 @@ def create_app(config: EngineConfig, swapper: HotSwapper | None = None, watch: b
             if claimed.acquire(blocking=False):  # the work never started (cancelled waiting for a thread)
                 slots.release()
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
+    schemas: dict[tuple[str | None, tuple[str, ...]], dict[str, Any]] = {}  # of the version served
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with `vertical` an enum of the served version's verticals."""
+        try:
+            with swapper.service() as service:
+                served = (service.version, tuple(service.verticals))
+        except SearchError:
+            served = (None, ())
+        if served not in schemas:
+            schemas.clear()
+            schemas[served] = with_verticals(FastAPI.openapi(app), served[0], list(served[1]))
+        return schemas[served]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/healthz", tags=["health"], summary="Health and the served version")
+    def healthz() -> Health:
         version = swapper.version
         read_only_reason = swapper.read_only_reason
-        return {
-            "status": "read_only" if read_only_reason else "ok" if version else "no_version",
-            "version": version,
-            "read_only_reason": read_only_reason,
-            "last_error": swapper.last_error,
-        }
+        return Health(
+            status="read_only" if read_only_reason else "ok" if version else "no_version",
+            version=version,
+            read_only_reason=read_only_reason,
+            last_error=swapper.last_error,
+        )
 
-    @app.post("/search", dependencies=[Depends(search_auth)])
-    async def search(body: SearchBody, http: Request) -> dict[str, Any]:
+    @app.post(
+        "/search",
+        dependencies=[Depends(search_auth)],
+        tags=["search"],
+        summary="Search the served version",
+        response_model_exclude_unset=True,
+        responses=errors(400, 401, 413, 422, 503, 504),
+    )
+    async def search(body: SearchBody, http: Request) -> SearchAnswer:
+        """Runs `expr`, or the calibrated template of `vertical` (else the version's default vertical),
+        with the query text's terms and embeddings; each result carries its title and vertical."""
         deadline = http.state.arrived + timeout
         vector = body.vector
         check_vectors(list(vector.values()) if isinstance(vector, dict) else [vector] if vector else [])
@@ -302,17 +467,25 @@ def create_app(config: EngineConfig, swapper: HotSwapper | None = None, watch: b
             order=body.order,
         )
 
-        def run() -> dict[str, Any]:
+        def run() -> SearchAnswer:
             with swapper.service() as service:
+                if body.vertical is not None and body.vertical not in service.verticals:
+                    raise SearchError(
+                        f"vertical {body.vertical!r} is not one of version {service.version}'s verticals "
+                        f"({', '.join(service.verticals) or 'none'})"
+                    )
                 left = max(deadline - time.monotonic(), 0.0)  # parsing and reading the body included
-                return service.search(request, timeout_s=left).to_dict(explain=body.explain)
+                answer = service.search(request, timeout_s=left).to_dict(explain=body.explain)
+                shown = service.describe([r["doc_id"] for r in answer["results"]])
+                answer["results"] = [r | d for r, d in zip(answer["results"], shown, strict=True)]
+                return SearchAnswer(**answer)
 
         try:
             return await admitted("search", run, deadline)
         except TimeoutError as exc:
             raise QueryTimeoutError(str(exc)) from exc
 
-    async def apply(changes: list[dict[str, Any]]) -> dict[str, Any]:
+    async def apply(changes: list[dict[str, Any]]) -> Applied:
         if len(changes) > config.max_batch_changes:
             raise SearchError(
                 f"{len(changes)} changes, the limit per batch is {config.max_batch_changes}", status=413
@@ -323,42 +496,74 @@ def create_app(config: EngineConfig, swapper: HotSwapper | None = None, watch: b
             if len(json.dumps(change)) > max_doc:
                 raise SearchError(f"document {change['doc_id']} is over {max_doc} bytes as JSON", status=413)
 
-        def run() -> dict[str, Any]:
+        def run() -> Applied:
             with swapper.service() as service:
-                applied = service.engine.apply(changes)
-                return {"version": service.version, "applied": applied}
+                return Applied(version=service.version, applied=service.engine.apply(changes))
 
         return await admitted("write", run)
 
-    @app.get("/documents/{doc_id}")
-    def get_document(doc_id: DocId) -> dict[str, Any]:
+    documents = {"tags": ["documents"]}
+
+    @app.get("/documents/{doc_id}", summary="A live document", responses=errors(404, 422, 503), **documents)
+    def get_document(doc_id: DocId) -> StoredDocument:
         with swapper.service() as service:
             doc = service.engine.document(doc_id)
         if doc is None:
             raise SearchError(f"doc_id {doc_id} does not exist", status=404)
-        return doc
+        return StoredDocument(**doc)
 
-    @app.post("/documents", status_code=201, dependencies=write)
-    async def add_document(body: DocumentBody) -> dict[str, Any]:
+    @app.post(
+        "/documents",
+        status_code=201,
+        dependencies=write,
+        summary="Add a document",
+        responses=errors(400, 401, 403, 409, 413, 415, 422, 503),
+        **documents,
+    )
+    async def add_document(body: DocumentBody) -> Applied:
         return await apply([{"op": "add", **body.model_dump()}])
 
-    @app.put("/documents/{doc_id}", dependencies=write)
-    async def update_document(doc_id: DocId, body: UpdateBody) -> dict[str, Any]:
+    @app.put(
+        "/documents/{doc_id}",
+        dependencies=write,
+        summary="Replace a document's terms and/or embeddings",
+        responses=errors(400, 401, 403, 404, 413, 415, 422, 503),
+        **documents,
+    )
+    async def update_document(doc_id: DocId, body: UpdateBody) -> Applied:
         return await apply([{"op": "update", "doc_id": doc_id, **body.model_dump()}])
 
-    @app.delete("/documents/{doc_id}", dependencies=[Depends(require_token)])
-    async def delete_document(doc_id: DocId) -> dict[str, Any]:
+    @app.delete(
+        "/documents/{doc_id}",
+        dependencies=[Depends(require_token)],
+        summary="Delete a document",
+        responses=errors(401, 403, 404, 422, 503),
+        **documents,
+    )
+    async def delete_document(doc_id: DocId) -> Applied:
         return await apply([{"op": "delete", "doc_id": doc_id}])
 
-    @app.post("/documents/batch", dependencies=write)
-    async def batch(body: Annotated[BatchBody, Body()]) -> dict[str, Any]:
+    @app.post(
+        "/documents/batch",
+        dependencies=write,
+        summary="Apply changes in order, all or none",
+        responses=errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+        **documents,
+    )
+    async def batch(body: Annotated[BatchBody, Body()]) -> Applied:
         return await apply([c.model_dump() for c in body.changes])
 
-    @app.post("/admin/compact", dependencies=[Depends(require_token)])
-    async def compact() -> dict[str, Any]:
-        def run() -> dict[str, Any]:
+    @app.post(
+        "/admin/compact",
+        dependencies=[Depends(require_token)],
+        tags=["admin"],
+        summary="Fold the change log into a new snapshot",
+        responses=errors(401, 403, 503),
+    )
+    async def compact() -> Compacted:
+        def run() -> Compacted:
             with swapper.service() as service:
-                return {"version": service.version, "generation": service.engine.compact()}
+                return Compacted(version=service.version, generation=service.engine.compact())
 
         return await admitted("write", run)
 

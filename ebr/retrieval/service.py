@@ -15,6 +15,7 @@ freed; `HotSwapper.read_only_reason` says why it is not writable meanwhile.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ebr import home, registry
 from ebr.retrieval.config import EngineConfig
@@ -33,6 +36,7 @@ from ebr.retrieval.executor import ORDERS, ExecutionError, Hits, check_executabl
 from ebr.retrieval.query import Node, QueryError, expand_text, parse_cached, vector_nodes
 from ebr.retrieval.retrievers import RetrieverSpec, index_queries
 from ebr.retrieval.store import Engine
+from ebr.retrieval.terms import term_value
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +83,10 @@ class SearchResponse:
         return out
 
 
-def state_dir(version: str) -> Path:
-    """Where the realtime state (log, snapshots) of a served version lives; never inside the version."""
-    return home.home() / "engine" / version
+def state_dir(dataset: str, version: str) -> Path:
+    """Where the realtime state (log, snapshots) of a dataset's served version lives; never inside the
+    version."""
+    return home.engine_dir(dataset) / version
 
 
 def version_name(manifest: Mapping[str, Any], version_dir: Path) -> str:
@@ -114,10 +119,12 @@ class SearchService:
         verify: bool = True,
         warm: bool = False,
         fall_back_read_only: bool = False,
+        *,
+        dataset: str,
     ) -> SearchService:
         """Open a version folder; `verify` checks every file against the manifest first, `warm` loads the
-        query towers now rather than on first use (a server does, so that no request pays for it);
-        `fall_back_read_only`: see `Engine.open`."""
+        query towers and the titles now rather than on first use (a server does, so that no request pays
+        for it); `fall_back_read_only`: see `Engine.open`; the realtime state is `dataset`'s (`state_dir`)."""
         manifest = (
             registry.verify_version(version_dir)
             if verify
@@ -128,7 +135,7 @@ class SearchService:
             raise SearchError(f"{engine_dir}: this version has no engine index", status=503)
         engine = Engine.open(
             engine_dir,
-            state_dir(version_name(manifest, version_dir)),
+            state_dir(dataset, version_name(manifest, version_dir)),
             config.store,
             writable,
             fall_back_read_only,
@@ -138,19 +145,20 @@ class SearchService:
             if warm:
                 for tower in sorted((version_dir / "towers").glob("*/config.json")):
                     service._encoder(tower.parent.name)
+                service.describe([])  # reads the titles now
         except BaseException:
             engine.close()  # a service never served must not keep the write lock
             raise
         return service
 
     @classmethod
-    def open_served(cls, config: EngineConfig, writable: bool) -> SearchService:
-        """The service of the version serving.json names (checksums verified)."""
+    def open_served(cls, config: EngineConfig, writable: bool, dataset: str) -> SearchService:
+        """The service of the version the dataset's serving.json names (checksums verified)."""
         try:
-            version_dir = registry.served_version_dir(verify=False)
+            version_dir = registry.served_version_dir(dataset, verify=False)
         except registry.NoServedVersionError as exc:
             raise SearchError(str(exc), status=503) from exc
-        return cls.open(version_dir, config, writable)
+        return cls.open(version_dir, config, writable, dataset=dataset)
 
     def close(self) -> None:
         self.engine.close()
@@ -194,6 +202,34 @@ class SearchService:
         if chosen is None and len(self.verticals) == 1:
             return self.verticals[0]
         return chosen
+
+    @functools.cached_property
+    def _shown(self) -> tuple[np.ndarray, pa.Table, dict[str, str]]:
+        """The version's documents.parquet: its doc ids (sorted), their titles and verticals, and each
+        vertical by its `vertical:` term."""
+        columns = ["doc_id", "vertical", "title"]
+        table = pq.read_table(self.version_dir / "documents.parquet", columns=columns).sort_by("doc_id")
+        verticals = [*table["vertical"].unique().to_pylist(), *self.verticals]
+        names = {f"vertical:{term_value(v)}": v for v in verticals if v}
+        return table["doc_id"].to_numpy(), table.select(["title", "vertical"]), names
+
+    def describe(self, doc_ids: Sequence[int]) -> list[dict[str, str | None]]:
+        """What a caller shows of each document: its `title` and `vertical` in the version's
+        documents.parquet; for a document added since, no title and the vertical of its `vertical:` term."""
+        ids, shown, names = self._shown
+        wanted = np.asarray(doc_ids, dtype=np.int64)
+        rows = np.minimum(np.searchsorted(ids, wanted), max(len(ids) - 1, 0))
+        known = ids[rows] == wanted if len(ids) else np.zeros(len(wanted), dtype=bool)
+        found = iter(shown.take(rows[known]).to_pylist())
+        out = []
+        for doc_id, in_version in zip(wanted.tolist(), known.tolist(), strict=True):
+            if in_version:
+                out.append(next(found))
+                continue
+            doc = self.engine.document(doc_id)
+            term = next((t for t in doc["terms"] if t.startswith("vertical:")), None) if doc else None
+            out.append({"title": None, "vertical": None if term is None else names.get(term, term[9:])})
+        return out
 
     def template(self, vertical: str) -> str:
         """The expression template of `vertical`: engine.templates.<vertical> (its `{key}` the vertical's
@@ -329,8 +365,9 @@ def _query_input(request: SearchRequest) -> Any:
 class HotSwapper:
     """The service of the served version, replaced without failing requests when a new version is served."""
 
-    def __init__(self, config: EngineConfig, writable: bool = True):
+    def __init__(self, config: EngineConfig, dataset: str, writable: bool = True):
         self.config = config
+        self.dataset = dataset
         self.writable = writable
         self.last_error: str | None = None
         self._failed: str | None = (
@@ -377,9 +414,9 @@ class HotSwapper:
             except Exception as exc:
                 log.error("version %s: cannot take the write lock: %s", served.version, exc)
         try:
-            wanted = registry.served_version()
+            wanted = registry.served_version(self.dataset)
         except (OSError, ValueError, KeyError) as exc:
-            self.last_error = f"{home.home() / registry.POINTER}: unreadable ({exc})"
+            self.last_error = f"{home.dataset_dir(self.dataset) / registry.POINTER}: unreadable ({exc})"
             return False
         if wanted is None or wanted in (self.version, self._failed):
             return False
@@ -398,8 +435,10 @@ class HotSwapper:
         return True
 
     def _open(self, version: str) -> SearchService:
-        folder = home.versions_dir() / version
-        service = SearchService.open(folder, self.config, self.writable, warm=True, fall_back_read_only=True)
+        folder = home.versions_dir(self.dataset) / version
+        service = SearchService.open(
+            folder, self.config, self.writable, warm=True, fall_back_read_only=True, dataset=self.dataset
+        )
         if self.writable and not service.engine.writable:
             log.warning("version %s: serving read-only for now: %s", version, service.engine.read_only_reason)
         return service

@@ -7,6 +7,7 @@ and renamed into place at the end, so a crash leaves any earlier world at `out_d
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from ebr.runners import Progress
 from ebr.schema import DOCUMENTS, FRIENDSHIPS, MEMBERSHIPS, SCHEMA_VERSION, USERS
 from ebr.simulator.assets import load_assets
 from ebr.simulator.config import load_scale
@@ -37,7 +39,10 @@ from ebr.simulator.sessions import SearchWorld, SessionGenerator, SessionStats, 
 from ebr.simulator.tables import SessionWriter, write_table
 from ebr.simulator.typos import TypoModel
 
+log = logging.getLogger(__name__)
+
 StageHook = Callable[[str, float], None]
+STAGES = ("users", "friendships", "groups_events", "documents_index", "write_tables", "sessions", "report")
 
 
 def simulate(
@@ -46,10 +51,13 @@ def simulate(
     out_dir: Path,
     overrides: Sequence[str] = (),
     on_stage: StageHook | None = None,
+    progress: Progress | None = None,
 ) -> Path:
     """Write the world of `scale` (conf/simulator/<scale>.yaml, with Hydra `overrides`) and `seed` to out_dir.
 
-    `on_stage(name, seconds)` is told how long each stage took (timings never enter the world's files).
+    `on_stage(name, seconds)` is told how long each stage took (timings never enter the world's files);
+    `progress("simulate <scale>", fraction)` the share of the stages (STAGES) done, the sessions stage chunk
+    by chunk; each stage is logged.
     Raises FileExistsError when out_dir exists and is not a world (no schema.json); ValueError for bad config.
     """
     cfg = load_scale(scale, overrides)
@@ -63,7 +71,7 @@ def simulate(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        generate(cfg, scale, seed, tmp, on_stage or (lambda name, seconds: None))
+        generate(cfg, scale, seed, tmp, on_stage or (lambda name, seconds: None), progress)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -78,19 +86,33 @@ def simulate(
 
 
 class _Stages:
-    def __init__(self, hook: StageHook) -> None:
-        self.hook = hook
+    """Times the stages (in STAGES order), logs each and reports the share done to `progress`."""
+
+    def __init__(self, hook: StageHook, progress: Progress | None, what: str) -> None:
+        self.hook, self.progress, self.what = hook, progress, what
+        self.finished = 0
         self.t = time.perf_counter()
+        self.report(0.0)
+
+    def report(self, within: float) -> None:
+        """The current stage is `within` (0 to 1) done."""
+        if self.progress is not None:
+            self.progress(self.what, (self.finished + within) / len(STAGES))
 
     def done(self, name: str) -> None:
         now = time.perf_counter()
         self.hook(name, now - self.t)
+        self.finished += 1
+        log.info("%s: %s in %.1f s (stage %d/%d)", self.what, name, now - self.t, self.finished, len(STAGES))
+        self.report(0.0)
         self.t = now
 
 
-def generate(cfg: DictConfig, scale: str, seed: int, out: Path, hook: StageHook) -> None:
+def generate(
+    cfg: DictConfig, scale: str, seed: int, out: Path, hook: StageHook, progress: Progress | None = None
+) -> None:
     """Generate the world into the (empty) folder `out`."""
-    stages = _Stages(hook)
+    stages = _Stages(hook, progress, f"simulate {scale}")
     assets = load_assets()
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(7)]
     start = np.datetime64(cfg.start, "s")
@@ -186,12 +208,13 @@ def generate(cfg: DictConfig, scale: str, seed: int, out: Path, hook: StageHook)
     ts = np.sort(rngs[6].integers(0, int(cfg.days) * DAY, count))
     chunks = [(c, a, ts[a : a + step]) for c, a in enumerate(range(0, count, step))]
     stats = SessionStats()
-    for (_, a, _), (batches, chunk_stats) in zip(
-        chunks, run_chunks(generator, chunks, int(sc.workers)), strict=True
+    for done, ((_, a, _), (batches, chunk_stats)) in enumerate(
+        zip(chunks, run_chunks(generator, chunks, int(sc.workers)), strict=True), 1
     ):
         b = a + step
         writer.add(batches, until=int(ts[b]) if b < count else None)
         stats.merge(chunk_stats)
+        stages.report(done / len(chunks))
     writer.close()
     stages.done("sessions")
 

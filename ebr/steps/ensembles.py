@@ -8,6 +8,8 @@ serves is chosen later, through the engine (ebr/steps/serving.py).
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ from ebr.models.features import FeatureSet
 from ebr.models.training import embed_queries, load_module
 from ebr.retrieval.retrievers import RetrieverSpec, index_docs, index_queries
 from ebr.runners import SERIAL, Shards
+
+log = logging.getLogger(__name__)
 
 
 def query_vectors(
@@ -74,13 +78,30 @@ def ensembles_and_index(
     by_key = {s.index_key: s for s in specs} | {k: RetrieverSpec(k, "single", (k,)) for k in models}
     tuned, indexes = {}, {}
     for key in index_keys(specs):
-        spec = by_key[key]
-        result = tune(index_docs(spec, docs), index_queries(spec, queries), icfg, targets)
+        spec, start = by_key[key], time.perf_counter()
+        result = tune(
+            index_docs(spec, docs), index_queries(spec, queries), icfg, targets, shards, f"ann {key}"
+        )
         if result.chosen is None:
+            log.warning(
+                "ANN index %s: no operating point measured (schemes skipped: %s)", key, result.skipped
+            )
             continue
         indexes[key] = result.chosen_index()
         faiss.write_index(indexes[key], str(out / f"{key}.faiss"))
-        tuned[key] = {"chosen": result.chosen.__dict__, "met": result.met, "table3": table3_markdown(result)}
+        c = result.chosen
+        log.info(
+            "tuned ANN index %s: %s nprobe %d, recall@%d %s (exact %s), %.2f%% scanned%s, %.1f s",
+            key, c.factory, c.nprobe, icfg.k, _fmt(c.recall), _fmt(result.exact["recall"]), 100 * c.scanned,
+            "" if result.met else " (target not met)", time.perf_counter() - start,
+        )  # fmt: skip
+        tuned[key] = {
+            "chosen": c.__dict__,
+            "met": result.met,
+            "table3": table3_markdown(result),
+            "target": result.target,
+            "points": result.to_dict()["points"],
+        }
     table = evaluation_table(specs, queries, docs, targets, int(icfg.k), indexes)
     (out / "ensembles.md").write_text(evaluation_markdown(table))
     return {
@@ -91,3 +112,7 @@ def ensembles_and_index(
         "operating_points": tuned,
         "tuning_sessions": len(targets),
     }
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -29,7 +29,7 @@ def intents_path(cfg: DictConfig) -> Path:
         return Path(cfg.eval.intents_path)
     if cfg.data.logs_dir:
         return Path(cfg.data.logs_dir) / "ground_truth" / "intents.parquet"
-    world = home.worlds_dir() / f"{cfg.data.scale}-s{cfg.data.world_seed}"
+    world = home.world_dir(str(cfg.data.scale), int(cfg.data.world_seed))
     return world / "ground_truth" / "intents.parquet"
 
 

@@ -52,13 +52,15 @@ def served_recall(
 
 
 def published_recall(
-    sessions: Mapping[str, Sessions], cfg: GateConfig, engine: EngineConfig
+    sessions: Mapping[str, Sessions], cfg: GateConfig, engine: EngineConfig, dataset: str
 ) -> tuple[str, dict[str, float]] | None:
-    """(served version, its recall per vertical on `sessions`), or None when nothing is served. The served
-    version is verified against its manifest first (CorruptVersionError names the bad file)."""
-    if registry.served_version() is None:
+    """(version served for `dataset`, its recall per vertical on `sessions`), or None when nothing is
+    served. The served version is verified against its manifest first (CorruptVersionError names the bad
+    file)."""
+    if registry.served_version(dataset) is None:
         return None
-    service = SearchService.open(registry.served_version_dir(verify=False), engine, writable=False)
+    version_dir = registry.served_version_dir(dataset, verify=False)
+    service = SearchService.open(version_dir, engine, writable=False, dataset=dataset)
     try:
         return service.version, served_recall(service, sessions, cfg)
     finally:
@@ -79,7 +81,7 @@ def run_gate(
     gcfg = GateConfig.from_mapping(OmegaConf.to_container(cfg.gate, resolve=True), features.verticals)
     sessions = session_requests(db_path, features, gcfg.sessions)
     engine = load_engine_config()
-    service = SearchService.open(candidate, engine, writable=False)
+    service = SearchService.open(candidate, engine, writable=False, dataset=cfg.data.dataset)
     try:
         measured = served_recall(service, sessions, gcfg)
         bm25 = served_recall(service, sessions, gcfg, bm25_expression)
@@ -88,7 +90,7 @@ def run_gate(
     baselines: dict[str, dict[str, float]] = {"bm25": bm25}
     if "text" in models:
         baselines["text"] = _text_recall(features, models, gcfg, shards)
-    published = published_recall(sessions, gcfg, engine)
+    published = published_recall(sessions, gcfg, engine, cfg.data.dataset)
     version, published_values = published if published is not None else (None, None)
     result = evaluate_gate(
         measured,

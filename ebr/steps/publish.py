@@ -9,6 +9,6 @@ from ebr.evaluation.gate import GateResult
 from ebr.registry.publication import promote
 
 
-def publish_candidate(candidate: Path, gate: GateResult, run_id: str) -> str:
-    """The version name the candidate is served as."""
-    return promote(candidate, gate.to_dict(), run_id).version
+def publish_candidate(candidate: Path, gate: GateResult, run_id: str, dataset: str) -> str:
+    """The version name the candidate is served as in `dataset`."""
+    return promote(candidate, gate.to_dict(), run_id, dataset).version

@@ -193,7 +193,7 @@ def choose_serving(
     sessions = session_requests(db_path, features, "tune")
     calibration: CalibrationConfig = typed(cfg.serving)
     engine_cfg = load_engine_config()
-    service = SearchService.open(out / "pool", engine_cfg, writable=False)
+    service = SearchService.open(out / "pool", engine_cfg, writable=False, dataset=cfg.data.dataset)
     chosen: dict[str, Template] = {}
     report: dict[str, Any] = {}
     tried: dict[str, Any] = {}

@@ -29,7 +29,7 @@ LAYERS = {  # the first dotted part under ebr/ -> its layer (higher imports lowe
         ),
         1,
     ),
-    **dict.fromkeys(("config", "home", "io", "registry", "runners", "runs", "schema"), 0),
+    **dict.fromkeys(("config", "home", "io", "logs", "registry", "runners", "runs", "schema"), 0),
 }
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +18,8 @@ import httpx
 import pytest
 
 from ebr.home import PROJECT_ROOT
+
+from . import browser
 
 pytestmark = pytest.mark.e2e
 
@@ -35,6 +36,11 @@ EXPECTED_ARTIFACTS = {
     "recall-gate",
     "publication",
     "progress-train-text",  # a progress artifact of a long step (the text tower's training)
+    "progress-ann-text",  # the ANN tuning of the text tower's embeddings
+    "picture-recall",  # the pictures (ebr/evaluation/plots.py) as markdown artifacts
+    "picture-loss-towers",
+    "picture-ann-text",
+    "picture-gate",
 }
 
 
@@ -118,7 +124,7 @@ def test_deployment_run_from_the_cli_shows_in_the_ui(
         run = subprocess.run(
             [
                 str(BIN / "prefect"), "deployment", "run", "retrain/retrain",
-                "-p", "margin=0.3", "-p", 'overrides=["experiment=smoke"]',
+                "-p", "margin=0.3", "-p", 'overrides=["experiment=smoke"]', "-p", "dataset=deployed",
                 "--watch", "--watch-timeout", "900",
             ],
             env=env, capture_output=True, text=True, timeout=1000,
@@ -128,31 +134,21 @@ def test_deployment_run_from_the_cli_shows_in_the_ui(
         flow_run = httpx.get(f"{api}/flow_runs/{flow_run_id}").json()
         assert flow_run["state"]["type"] == "COMPLETED"
         assert flow_run["parameters"]["margin"] == 0.3
+        home = Path(env["EBR_HOME"]) / "datasets"
+        assert [p.name for p in home.iterdir()] == ["deployed"]  # -p dataset=NAME: its own dataset
+        assert (home / "deployed" / "serving.json").is_file()
 
         artifacts = httpx.post(
             f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}
         ).json()
         assert {a["key"] for a in artifacts} >= EXPECTED_ARTIFACTS
 
-        chromium = shutil.which("chromium")
-        assert chromium, "Debian's chromium is needed (installed by .ci/run: apt-get install chromium)"
         ARTIFACTS.mkdir(exist_ok=True)
         url = f"{api.removesuffix('/api')}/runs/flow-run/{flow_run_id}"
-        flags = [
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--virtual-time-budget=20000", "--window-size=1400,1000",
-        ]  # fmt: skip
-        dom = subprocess.run(
-            [chromium, *flags, f"--user-data-dir={tmp_path / 'chrome-dom'}", "--dump-dom", url],
-            capture_output=True, text=True, timeout=180,
-        ).stdout  # fmt: skip
-        assert flow_run["name"] in dom, "the flow run page does not show the run"
+        page = browser.dom(url, tmp_path / "chrome-dom")
+        assert flow_run["name"] in page, "the flow run page does not show the run"
         shot = ARTIFACTS / "flow-run-page.png"
-        subprocess.run(
-            [chromium, *flags, f"--user-data-dir={tmp_path / 'chrome-shot'}", f"--screenshot={shot}", url],
-            capture_output=True, timeout=180, check=True,
-        )  # fmt: skip
+        browser.screenshot(url, tmp_path / "chrome-shot", shot)
         assert shot.stat().st_size > 10_000
     finally:
         _stop(serve)

@@ -9,17 +9,19 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ebr import registry
+from ebr import home, registry
 from ebr.cli import main
 from ebr.evaluation.gate import GateFailedError
 from ebr.flows.retrain import parameter_overrides, retrain
 from ebr.steps.resume import DONE
 
 SMOKE = ["experiment=smoke"]
+DATASET = "sim-tiny-s7"  # the smoke experiment's world: its own dataset
 
 
 def test_parameters_become_overrides() -> None:
     assert parameter_overrides(None, None, None, None, None, None) == []
+    assert parameter_overrides(None, None, None, None, None, None, "team-a") == ["data.dataset=team-a"]
     out = parameter_overrides("tiny", "/logs", 0.3, 10.0, 2, 0.5)
     assert out[:5] == [
         "data.scale=tiny",
@@ -37,7 +39,9 @@ def test_retrain_publishes_resumes_and_gate_blocks(ebr_home: Path) -> None:
     report = retrain(margin=0.3, overrides=SMOKE)
     run_dir = Path(report["run_dir"])
     assert report["gate"]["passed"], report["gate"]["reason"]
-    assert report["published_version"] == "v0001" == registry.served_version()
+    assert report["published_version"] == "v0001" == registry.served_version(DATASET)
+    assert report["dataset"] == report["config"]["data"]["dataset"] == DATASET
+    assert run_dir.parent == home.runs_dir(DATASET)
     for model in ("incumbent", "bm25", "text", "unified", "unified_ohnm"):
         assert set(report["recall"][model]) == {"people", "groups", "events", "all"}
         assert set(report["recall"][model]["all"]) == {"1", "10", "50", "100"}
@@ -46,7 +50,7 @@ def test_retrain_publishes_resumes_and_gate_blocks(ebr_home: Path) -> None:
     assert report["ann_operating_points"]
     assert json.loads((run_dir / "report.json").read_text())["run_id"] == report["run_id"]
     assert (run_dir / "config.yaml").is_file()
-    manifest = registry.verify_version(registry.served_version_dir())
+    manifest = registry.verify_version(registry.served_version_dir(DATASET))
 
     # the published version serves: its query tower encodes a real query and the engine returns JSON hits
     served = manifest["serving"]["verticals"]
@@ -54,7 +58,7 @@ def test_retrain_publishes_resumes_and_gate_blocks(ebr_home: Path) -> None:
     assert report["serving"]["verticals"] == served  # the templates the gate measured are the ones served
     key = served["groups"]["key"]
     expr = f"(and (term vertical:groups) (nn {key} :k 20 :nprobe 16))"
-    args = ["--query-text", "running club", "--searcher", "1", "--k", "5", "--json"]
+    args = ["--dataset", DATASET, "--query-text", "running club", "--searcher", "1", "--k", "5", "--json"]
     found = CliRunner().invoke(main, ["search", "--expr", expr, *args])
     assert found.exit_code == 0, found.output
     hits = json.loads(found.output.strip().splitlines()[-1])
@@ -72,16 +76,16 @@ def test_retrain_publishes_resumes_and_gate_blocks(ebr_home: Path) -> None:
     # resuming a run that published publishes nothing new, even when its publish step must run again
     (run_dir / "publish" / DONE).unlink()
     again = retrain(resume=report["run_id"], overrides=SMOKE)
-    assert again["published_version"] == "v0001" and registry.served_version() == "v0001"
-    assert [p.name for p in (ebr_home / "versions").iterdir() if p.name.startswith("v")] == ["v0001"]
+    assert again["published_version"] == "v0001" and registry.served_version(DATASET) == "v0001"
+    assert [p.name for p in home.versions_dir(DATASET).iterdir() if p.name.startswith("v")] == ["v0001"]
     assert json.loads((run_dir / "train" / DONE).read_text())["models"].keys() == {"text"}  # unified: mining
 
     # a gate that cannot pass fails the run with a one-line reason and publishes nothing
     with pytest.raises(GateFailedError, match=r"vertical=\w+ recall@50=[0-9.]+ < floor 0.9999"):
         retrain(gate_floor=0.9999, overrides=SMOKE)
-    assert registry.served_version() == "v0001"
+    assert registry.served_version(DATASET) == "v0001"
 
-    versions = CliRunner().invoke(main, ["versions", "--json"])
+    versions = CliRunner().invoke(main, ["versions", "--dataset", DATASET, "--json"])
     assert versions.exit_code == 0, versions.output
     listed = json.loads(versions.output)
     assert [v["version"] for v in listed if v["served"]] == ["v0001"]

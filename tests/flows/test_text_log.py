@@ -47,16 +47,19 @@ def test_a_text_log_of_any_verticals_retrains_publishes_and_serves(ebr_home: Pat
     assert gate["passed"], gate["reason"]
     assert {c["vertical"] for c in gate["checks"]} == {"jobs", "papers"}
     assert {c["rule"] for c in gate["checks"]} >= {"floor", "bm25", "text"}
-    assert report["published_version"] == "v0001" == registry.served_version()
-    served = json.loads((registry.served_version_dir() / registry.MANIFEST).read_text())["serving"]
+    assert report["dataset"] == "logs"  # the folder's name
+    assert report["published_version"] == "v0001" == registry.served_version("logs")
+    served = json.loads((registry.served_version_dir("logs") / registry.MANIFEST).read_text())["serving"]
     assert set(served["verticals"]) == {"jobs", "papers"}
 
     runner = CliRunner()
     for args in (["--vertical", "papers"], []):  # without --vertical: the version's default vertical
-        out = runner.invoke(main, ["search", *args, "--query-text", "protein w010", "--k", "5", "--json"])
+        out = runner.invoke(
+            main, ["search", "--dataset", "logs", *args, "--query-text", "protein w010", "--k", "5", "--json"]
+        )
         assert out.exit_code == 0, out.output
         assert 0 < len(json.loads(out.output.strip().splitlines()[-1])) <= 5
-    with TestClient(create_app(load_engine_config(), watch=False)) as client:
+    with TestClient(create_app(load_engine_config(), watch=False, dataset="logs")) as client:
         answer = client.post("/search", json={"vertical": "jobs", "query_text": "engineer w001", "limit": 5})
         assert answer.status_code == 200, answer.text
         assert answer.json()["version"] == "v0001" and answer.json()["results"]

@@ -23,8 +23,9 @@ def test_flow_loads_reports_and_publishes_artifacts(ebr_home: Path, clean_dir: P
 
     summary = ingest(logs_dir=str(clean_dir))
 
-    db = ebr_home / "ebr.duckdb"
+    db = ebr_home / "datasets" / "logs" / "ebr.duckdb"  # the dataset of the folder logs/: its name
     assert summary["db_path"] == str(db) and summary["status"] == "succeeded"
+    assert summary["dataset"] == "logs"
     assert summary["tables"]["impressions"] == {
         "read": 7,
         "loaded": 7,
@@ -32,10 +33,11 @@ def test_flow_loads_reports_and_publishes_artifacts(ebr_home: Path, clean_dir: P
         "skipped_existing": 0,
     }
     assert query(db, "SELECT count(*) FROM impressions")[0][0] == 7
-    run_dir = ebr_home / "runs" / summary["run_id"]
+    run_dir = ebr_home / "datasets" / "logs" / "runs" / summary["run_id"]
     assert (run_dir / "config.yaml").exists()
     report = json.loads((run_dir / "report.json").read_text())
     assert report["run_id"] == summary["run_id"] and "documents" in report["contracts"]
+    assert report["dataset"] == "logs"
 
     counts = Artifact.get("ingest-counts")
     assert counts is not None and summary["run_id"] in counts.description
@@ -59,15 +61,19 @@ def test_flow_failure_still_reports(ebr_home: Path, tmp_path: Path) -> None:
 
 
 def test_flow_retries_on_io_errors_only() -> None:
+    import duckdb
     from prefect.states import Failed
 
-    from ebr.flows.ingest import _io_error
+    from ebr.flows.ingest import io_failure
 
-    assert _io_error(
+    assert io_failure(
         None, None, Failed(data=DatabaseUnavailableError("ebr.duckdb: cannot open the database"))
     )
-    assert _io_error(None, None, Failed(data=OSError("disk full")))
-    assert not _io_error(None, None, Failed(data=MalformedInputError("sessions.csv: empty file")))
+    assert io_failure(None, None, Failed(data=OSError("disk full")))
+    assert io_failure(None, None, Failed(data=duckdb.IOException("Could not set lock on file")))
+    assert not io_failure(None, None, Failed(data=MalformedInputError("sessions.csv: empty file")))
+    assert not io_failure(None, None, Failed(data=BadShareError("users: 3 of 3 rows are key conflicts")))
+    assert not io_failure(None, None, Failed(data=ValueError("data.logs_dir: /x is not a folder")))
 
 
 def test_cli_json_last_line(ebr_home: Path, clean_dir: Path) -> None:
@@ -75,7 +81,7 @@ def test_cli_json_last_line(ebr_home: Path, clean_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["tables"]["documents"] == {"read": 6, "loaded": 6, "quarantined": 0, "skipped_existing": 0}
-    assert Path(summary["db_path"]) == ebr_home / "ebr.duckdb"
+    assert Path(summary["db_path"]) == ebr_home / "datasets" / "logs" / "ebr.duckdb"
 
     again = CliRunner().invoke(command, ["--logs", str(clean_dir), "--json"])
     summary = json.loads(again.output.strip().splitlines()[-1])

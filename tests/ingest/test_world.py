@@ -31,7 +31,7 @@ def test_tiny_world_ingests_clean_and_idempotent(tiny_world: Path, ebr_home: Pat
     first = CliRunner().invoke(command, ["--logs", str(folder), "--json"])
     assert first.exit_code == 0, first.output
     summary = json.loads(first.output.strip().splitlines()[-1])
-    db = ebr_home / "ebr.duckdb"
+    db = ebr_home / "datasets" / "tiny-s7" / "ebr.duckdb"  # the folder's name
     reasons = query(
         db, "SELECT table_name, expectation, any_value(reason), count(*) FROM quarantine GROUP BY ALL"
     )

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from ebr.cli.mine import command
+from ebr.mining.rounds import format_stage
 
 FAST = ["train.epochs=1", "train.min_steps=1", "train.batch_size=1024",
         "train.trainer.enable_progress_bar=false",
@@ -25,13 +26,13 @@ def _last_json(output: str) -> dict:
 def test_mine_command_writes_run_and_tables(ebr_home: Path, tmp_path: Path, tiny_world):
     db = tmp_path / "ebr.duckdb"
     db.write_bytes(tiny_world[1].read_bytes())
-    args = ["--db", str(db), "--run-id", "mine-test", "--json", *FAST, *SPLIT]
+    args = ["--db", str(db), "--run-id", "mine-test", "--json", *FAST, *SPLIT, "data.dataset=mined"]
     result = CliRunner().invoke(command, [*args, "experiment=mining_random", "mining.random_per_positive=3"])
     assert result.exit_code == 0, result.output
-    assert "[round0] positives" in result.output and "contracts passed" in result.output
-    report = _last_json(result.output)
+    report = json.loads(result.stdout)  # --json: stdout holds the report only
+    assert "contracts passed" in format_stage(report["stages"][0])
     assert report["stages"][0]["counts"]["easy_negatives"] == 3 * report["stages"][0]["counts"]["positives"]
-    run = ebr_home / "runs" / "mine-test"
+    run = ebr_home / "datasets" / "mined" / "runs" / "mine-test"  # the run lands in its dataset
     assert json.loads((run / "report.json").read_text())["run_id"] == "mine-test"
     assert "negatives: random" in (run / "config.yaml").read_text()
     with duckdb.connect(str(db), read_only=True) as con:
@@ -61,9 +62,9 @@ def test_tiny_world_mines_hard_positives_and_hard_negatives(ebr_home: Path):
     from ebr.simulator.world import simulate
 
     world = simulate("tiny", 7, ebr_home / "worlds" / "tiny-s7")
-    db = ebr_home / "ebr.duckdb"
+    db = ebr_home / "datasets" / "mined" / "ebr.duckdb"
     ingest_logs(world, db, OmegaConf.load(PROJECT_ROOT / "conf" / "ingest" / "default.yaml"))
-    overrides = [*FAST, *SPLIT, "mining.positives=clicks+hard",
+    overrides = [*FAST, *SPLIT, "data.dataset=mined", "mining.positives=clicks+hard",
                  "mining.easy_hard_ratio=10", "mining.hard.window=[11,100]"]  # fmt: skip
     result = CliRunner().invoke(command, ["--run-id", "mine-world", "--json", *overrides])
     assert result.exit_code == 0, result.output

@@ -42,7 +42,7 @@ def test_exported_encoder_matches_training_tower(
         "idf.npz",
         "users.npz",
         "vocabs.json",
-        "weights.pt",
+        "weights.npz",
     ]
     rows = np.flatnonzero(tiny_features.heldout)[:50]
     expected = embed_queries(module, tiny_features, rows)
@@ -68,6 +68,7 @@ enc = load_query_encoder({str(folder)!r})
 got = enc.encode([QueryInput(*row) for row in {inputs!r}])
 assert np.allclose(got, np.load({str(tmp_path / "expected.npy")!r}), rtol=0, atol=1e-6)
 assert "ebr.models.features" not in sys.modules and "ebr.models.training" not in sys.modules
+assert "torch" not in sys.modules and "pandas" not in sys.modules  # numpy inference (ebr search's start)
 print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path.cwd())
@@ -84,3 +85,22 @@ def test_export_replaces_an_existing_folder(
     export_query_tower(module.query_tower, tiny_features.featurizer, target)
     assert not (target / "stale.txt").exists()
     assert [p.name for p in target.parent.iterdir()] == ["unified"]
+
+
+def test_a_format_1_folder_with_torch_weights_still_loads(
+    tmp_path: Path, trained_unified: TrainedTower, tiny_features: FeatureSet
+) -> None:
+    import json
+
+    import torch
+
+    module = load_module(trained_unified.checkpoint)
+    folder = export_query_tower(module.query_tower, tiny_features.featurizer, tmp_path / "unified")
+    queries = [QueryInput("john smith", None, "seattle"), QueryInput("chess club")]
+    expected = load_query_encoder(folder).encode(queries)
+    with np.load(folder / "weights.npz") as z:
+        torch.save({k: torch.from_numpy(z[k]) for k in z.files}, folder / "weights.pt")
+    (folder / "weights.npz").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"format_version": 1}))
+    np.testing.assert_array_equal(load_query_encoder(folder).encode(queries), expected)

@@ -55,8 +55,9 @@ def test_recall_formula() -> None:
 def _world_home(tmp_path: Path, tiny_db: Path, tiny_tables_: dict[str, pd.DataFrame]) -> Path:
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(tiny_db, home / "ebr.duckdb")
-    intents = home / "worlds" / "tiny-s7" / "ground_truth"
+    (home / "datasets" / "sim-tiny-s7").mkdir(parents=True)  # the dataset of data.scale=tiny
+    shutil.copy(tiny_db, home / "datasets" / "sim-tiny-s7" / "ebr.duckdb")
+    intents = home / "worlds" / "sim-tiny-s7" / "ground_truth"
     intents.mkdir(parents=True)
     tiny_tables_["intents"].to_parquet(intents / "intents.parquet")
     return home
@@ -71,7 +72,7 @@ def test_train_and_evaluate_writes_the_report(
     cfg.train.models = ["text", "unified"]
     cfg.train.epochs = 2
     cfg.data.scale = "tiny"
-    report = train_and_evaluate(cfg, home / "ebr.duckdb", tmp_path / "run")
+    report = train_and_evaluate(cfg, home / "datasets" / "sim-tiny-s7" / "ebr.duckdb", tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["recall"] == report["recall"]
     assert set(saved["recall"]) == {"incumbent", "bm25", "text", "unified"}
@@ -82,7 +83,7 @@ def test_train_and_evaluate_writes_the_report(
     assert saved["sessions"]["intents_by_query_form"]["misspelled"] > 0
     assert saved["sessions"]["intents"]["all"] == 200  # the evaluate part of the split
     assert "| text | people |" in (tmp_path / "run" / "report.md").read_text()
-    assert (tmp_path / "run" / "towers" / "unified" / "weights.pt").exists()
+    assert (tmp_path / "run" / "towers" / "unified" / "weights.npz").exists()
     assert np.load(tmp_path / "run" / "embeddings" / "text.npy").shape == (207, 16)
 
 
@@ -97,7 +98,7 @@ def test_ebr_train_command(
     result = CliRunner().invoke(command, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{") :])
-    run = home / "runs" / report["run_id"]
+    run = home / "datasets" / "sim-tiny-s7" / "runs" / report["run_id"]
     assert (run / "config.yaml").exists() and (run / "report.json").exists()
     assert "text" in report["recall"] and "recall_intent" in report
 

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from publish_pieces import make_pieces, make_world, passing_gate
+from publish_pieces import DATASET, make_pieces, make_world, passing_gate
 
 from ebr.registry import publication
 
@@ -21,7 +21,7 @@ def main(step: str) -> None:
     pieces = make_pieces(make_world(), Path(tempfile.mkdtemp()), seed=2)
     publication.STEP_HOOK = kill_at
     publication.publish_version(
-        pieces, passing_gate(), metrics={}, config={"child": True}, run_id="run-child"
+        pieces, passing_gate(), metrics={}, config={"child": True}, run_id="run-child", dataset=DATASET
     )
 
 

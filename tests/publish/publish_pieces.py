@@ -24,6 +24,7 @@ from ebr.retrieval.calibration import Sessions
 from ebr.retrieval.retrievers import expression, single
 from ebr.retrieval.service import SearchRequest
 
+DATASET = "test"  # the dataset these tests publish into
 VERTICALS = ("people", "groups", "events")
 GATE = GateConfig.from_mapping({"tolerance": 0.02, "k": 5, "floor": 0.2}, VERTICALS)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from publish_pieces import make_pieces, make_world, passing_gate
+from publish_pieces import DATASET, make_pieces, make_world, passing_gate
 
 from ebr import home, registry
 from ebr.cli import gc as gc_cmd
@@ -74,7 +74,7 @@ def three(ebr_home: Path, tmp_path: Path) -> list[str]:
     world = make_world(n_docs=120)
     return [
         publication.publish_version(
-            make_pieces(world, tmp_path, seed=s), passing_gate(), {}, {}, f"run-{s}"
+            make_pieces(world, tmp_path, seed=s), passing_gate(), {}, {}, f"run-{s}", DATASET
         ).version
         for s in (1, 2, 3)
     ]
@@ -82,58 +82,60 @@ def three(ebr_home: Path, tmp_path: Path) -> list[str]:
 
 def test_a_moved_database_deletes_nothing_and_adopt_restores(three: list[str]) -> None:
     """The reported bug: with the database moved aside, a rollback deleted v0001."""
-    home.db_path().rename(home.db_path().with_suffix(".aside"))
+    home.db_path(DATASET).rename(home.db_path(DATASET).with_suffix(".aside"))
     with pytest.raises(catalogue.UnknownVersionError, match=r"'v0001'.*--adopt"):
-        catalogue.rollback("v0001")  # the served v0003 is registered again; v0001 and v0002 are reported
-    assert catalogue.version_folders() == three and registry.served_version() == "v0003"
-    listed = {v["version"]: v["status"] for v in catalogue.list_versions(verify=True)}
+        catalogue.rollback(
+            DATASET, "v0001"
+        )  # the served v0003 is registered again; v0001 and v0002 are reported
+    assert catalogue.version_folders(DATASET) == three and registry.served_version(DATASET) == "v0003"
+    listed = {v["version"]: v["status"] for v in catalogue.list_versions(DATASET, verify=True)}
     assert listed == {"v0001": "unregistered", "v0002": "unregistered", "v0003": "published"}
     runner = CliRunner()
-    out = runner.invoke(versions_cmd.command, [])
+    out = runner.invoke(versions_cmd.command, ["--dataset", DATASET])
     assert "warning: v0001 is not in the registry (kept)" in out.output and "--adopt v0001" in out.output
-    out = runner.invoke(versions_cmd.command, ["--adopt", "v0001", "--json"])
+    out = runner.invoke(versions_cmd.command, ["--dataset", DATASET, "--adopt", "v0001", "--json"])
     assert out.exit_code == 0, out.output
     assert {v["version"]: v["status"] for v in json.loads(out.stdout)}["v0001"] == "published"
-    back = runner.invoke(rollback_cmd.command, ["v0001"])
+    back = runner.invoke(rollback_cmd.command, ["--dataset", DATASET, "v0001"])
     assert back.exit_code == 0 and "serving v0001 (was v0003)" in back.output
-    again = runner.invoke(versions_cmd.command, ["--adopt", "v0001"])
+    again = runner.invoke(versions_cmd.command, ["--dataset", DATASET, "--adopt", "v0001"])
     assert again.exit_code != 0 and "v0001 is already registered" in again.output
     # a corrupted folder is refused, one line naming the file
-    target = home.versions_dir() / "v0002" / "doc_ids.npy"
+    target = home.versions_dir(DATASET) / "v0002" / "doc_ids.npy"
     target.chmod(0o644)
     target.write_bytes(target.read_bytes() + b"x")
-    bad = runner.invoke(versions_cmd.command, ["--adopt", "v0002"])
+    bad = runner.invoke(versions_cmd.command, ["--dataset", DATASET, "--adopt", "v0002"])
     assert bad.exit_code != 0 and "cannot adopt v0002" in bad.output and "doc_ids.npy" in bad.output
-    assert catalogue.version_folders() == three
+    assert catalogue.version_folders(DATASET) == three
 
 
 def test_a_registered_folder_gone_is_reported_missing(three: list[str]) -> None:
-    shutil.rmtree(home.versions_dir() / "v0001")
-    with catalogue.locked(), catalogue.connect() as con:
-        assert catalogue.reconcile(con)["missing"] == ["v0001"]
-    assert {v["version"]: v["status"] for v in catalogue.list_versions()}["v0001"] == "missing"
-    out = CliRunner().invoke(versions_cmd.command, [])
+    shutil.rmtree(home.versions_dir(DATASET) / "v0001")
+    with catalogue.locked(DATASET), catalogue.connect(DATASET) as con:
+        assert catalogue.reconcile(con, DATASET)["missing"] == ["v0001"]
+    assert {v["version"]: v["status"] for v in catalogue.list_versions(DATASET)}["v0001"] == "missing"
+    out = CliRunner().invoke(versions_cmd.command, ["--dataset", DATASET])
     assert "warning: v0001 is registered but its folder is gone" in out.output
 
 
 def test_gc_dry_run_then_delete(three: list[str], tmp_path: Path) -> None:
-    runs = home.runs_dir()
+    runs = home.runs_dir(DATASET)
     for i in range(4):  # four runs of 1 MB each, a checkpoint in every one
         ckpt = runs / f"retrain-2026010{i + 1}T000000-abcd" / "unified" / "checkpoints" / "last.ckpt"
         ckpt.parent.mkdir(parents=True)
         ckpt.write_bytes(b"\0" * 2**20)
-    (home.home() / "engine" / "v0001").mkdir(parents=True)
-    (home.home() / "engine" / "v0001" / "log.bin").write_bytes(b"\0" * 1000)
-    leftover = home.versions_dir() / ".staging-v0009-1-aaaaaa"
+    (home.engine_dir(DATASET) / "v0001").mkdir(parents=True)
+    (home.engine_dir(DATASET) / "v0001" / "log.bin").write_bytes(b"\0" * 1000)
+    leftover = home.versions_dir(DATASET) / ".staging-v0009-1-aaaaaa"
     leftover.mkdir()
     (leftover / "half.npy").write_bytes(b"\0" * 500)
-    with catalogue.locked(), catalogue.connect() as con:
-        assert catalogue.reconcile(con)["staging"] == [leftover.name]
+    with catalogue.locked(DATASET), catalogue.connect(DATASET) as con:
+        assert catalogue.reconcile(con, DATASET)["staging"] == [leftover.name]
     before = {p for p in home.home().rglob("*")}
 
     runner = CliRunner()
     args = ["--json", "gc.keep_versions=1", "gc.keep_runs=3", "gc.keep_checkpoints=1"]
-    dry = runner.invoke(gc_cmd.command, ["--dry-run", *args])
+    dry = runner.invoke(gc_cmd.command, ["--dataset", DATASET, "--dry-run", *args])
     assert dry.exit_code == 0, dry.output
     report = json.loads(dry.stdout)
     assert {p for p in home.home().rglob("*")} == before  # a dry run deletes nothing
@@ -146,35 +148,35 @@ def test_gc_dry_run_then_delete(three: list[str], tmp_path: Path) -> None:
         ("checkpoint", "runs/retrain-20260102T000000-abcd/unified/checkpoints/last.ckpt"),
         ("checkpoint", "runs/retrain-20260103T000000-abcd/unified/checkpoints/last.ckpt"),
     }
-    v0001 = sum(p.stat().st_size for p in (home.versions_dir() / "v0001").rglob("*") if p.is_file())
+    v0001 = sum(p.stat().st_size for p in (home.versions_dir(DATASET) / "v0001").rglob("*") if p.is_file())
     assert report["bytes_freed"] == v0001 + 3 * 2**20 + 1000 + 500
     assert report["kept_versions"] == ["v0002", "v0003"]
 
-    done = runner.invoke(gc_cmd.command, args)
+    done = runner.invoke(gc_cmd.command, ["--dataset", DATASET, *args])
     assert done.exit_code == 0 and json.loads(done.stdout)["bytes_freed"] == report["bytes_freed"]
-    assert catalogue.version_folders() == ["v0002", "v0003"] and not leftover.exists()
+    assert catalogue.version_folders(DATASET) == ["v0002", "v0003"] and not leftover.exists()
     assert sorted(p.name for p in runs.iterdir()) == [f"retrain-2026010{i}T000000-abcd" for i in (2, 3, 4)]
     assert [p.parts[-4] for p in runs.rglob("*.ckpt")] == ["retrain-20260104T000000-abcd"]
-    assert [v["version"] for v in catalogue.list_versions(verify=True)] == ["v0002", "v0003"]
-    assert catalogue.rollback("v0002") == "v0003"  # what was kept still serves
+    assert [v["version"] for v in catalogue.list_versions(DATASET, verify=True)] == ["v0002", "v0003"]
+    assert catalogue.rollback(DATASET, "v0002") == "v0003"  # what was kept still serves
     with pytest.raises(catalogue.UnknownVersionError):
-        catalogue.rollback("v0001")
+        catalogue.rollback(DATASET, "v0001")
     # the name of a deleted version is never reused, and a second gc has nothing left to do
     nxt = publication.publish_version(
-        make_pieces(make_world(n_docs=120), tmp_path, seed=4), passing_gate(), {}, {}, "run-4"
+        make_pieces(make_world(n_docs=120), tmp_path, seed=4), passing_gate(), {}, {}, "run-4", DATASET
     )
     assert nxt.version == "v0004"
-    text = runner.invoke(gc_cmd.command, ["--dry-run", "gc.keep_versions=5"])
+    text = runner.invoke(gc_cmd.command, ["--dataset", DATASET, "--dry-run", "gc.keep_versions=5"])
     assert text.exit_code == 0 and "would delete 0 item(s), 0 bytes" in text.output
 
 
 def test_gc_counts_hard_linked_files_once(ebr_home: Path, tmp_path: Path) -> None:
     """A promoted version's files are hard links to its run's candidate: deleting the run frees nothing."""
     world = make_world(n_docs=120)
-    candidate = home.runs_dir() / "retrain-20260101T000000-abcd" / "serving" / "candidate"
+    candidate = home.runs_dir(DATASET) / "retrain-20260101T000000-abcd" / "serving" / "candidate"
     publication.stage_version(make_pieces(world, tmp_path, seed=1), candidate, {}, {}, "run-1", {})
-    publication.promote(candidate, passing_gate(), "run-1")
-    report = collect(GcConfig(keep_versions=1, keep_runs=0, keep_checkpoints=0), dry_run=True)
+    publication.promote(candidate, passing_gate(), "run-1", DATASET)
+    report = collect(GcConfig(keep_versions=1, keep_runs=0, keep_checkpoints=0), DATASET, dry_run=True)
     assert [d.kind for d in report.deletions] == ["run"]
     manifest = candidate / registry.MANIFEST  # the only file not shared with the version
     assert report.bytes_freed == manifest.stat().st_size

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from publish_pieces import GATE, VERTICALS, make_world, passing_gate, projection
+from publish_pieces import DATASET, GATE, VERTICALS, make_world, passing_gate, projection
 
 from ebr.ann.quantize import build_index, set_nprobe
 from ebr.cli.search import command as search_command
@@ -107,20 +107,21 @@ def test_gate_cli_and_http_measure_the_same_recall(ebr_home: Path, tmp_path: Pat
     staged = tmp_path / "candidate"
     publication.stage_version(_pieces(world, tmp_path), staged, {}, {}, "run-1", {})
     sessions = _sessions(world)
-    service = SearchService.open(staged, engine, writable=False)
+    service = SearchService.open(staged, engine, writable=False, dataset=DATASET)
     try:
         gated = served_recall(service, sessions, GATE)
     finally:
         service.close()
     assert set(gated) == set(VERTICALS) and all(0.3 < r < 1.0 for r in gated.values())  # not trivially 1
-    publication.promote(staged, passing_gate(), "run-1")
+    publication.promote(staged, passing_gate(), "run-1", DATASET)
 
     runner, k = CliRunner(), GATE.verticals["people"].k
-    with TestClient(create_app(engine, watch=False)) as client:
+    with TestClient(create_app(engine, watch=False, dataset=DATASET)) as client:
         for vertical, s in sessions.items():
             from_cli, from_http = [], []
             for request in s.requests:
-                args = ["--vertical", vertical, "--query-text", request.query_text, "--k", str(k), "--json"]
+                args = ["--dataset", DATASET, "--vertical", vertical, "--query-text", request.query_text]
+                args += ["--k", str(k), "--json"]
                 out = runner.invoke(search_command, args)
                 assert out.exit_code == 0, out.output
                 from_cli.append(np.array([h["doc_id"] for h in json.loads(out.output)]))

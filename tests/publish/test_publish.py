@@ -14,7 +14,7 @@ import duckdb
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from publish_pieces import GATE, VERTICALS, make_pieces, make_world, passing_gate, sessions
+from publish_pieces import DATASET, GATE, VERTICALS, make_pieces, make_world, passing_gate, sessions
 
 from ebr import home, registry
 from ebr.cli import rollback as rollback_cmd
@@ -33,12 +33,12 @@ ENGINE = load_engine_config()
 
 def _entries() -> list[str]:
     """What is in versions/ besides the lock file."""
-    folder = home.versions_dir()
+    folder = home.versions_dir(DATASET)
     return sorted(p.name for p in folder.iterdir() if p.name != ".lock") if folder.exists() else []
 
 
 def _recall(version_dir: Path, world) -> dict[str, float]:
-    service = SearchService.open(version_dir, ENGINE, writable=False)
+    service = SearchService.open(version_dir, ENGINE, writable=False, dataset=DATASET)
     try:
         return served_recall(service, sessions(world), GATE)
     finally:
@@ -55,12 +55,12 @@ def published(ebr_home, tmp_path, world):
     """A home with v0001 published and served."""
     pieces = make_pieces(world, tmp_path, seed=1)
     return publication.publish_version(
-        pieces, passing_gate(), {"eval": {"recall": 0.5}}, {"seed": 1}, "run-1"
+        pieces, passing_gate(), {"eval": {"recall": 0.5}}, {"seed": 1}, "run-1", DATASET
     )
 
 
 def test_published_version_has_everything_serving_needs(published, world):
-    assert published.version == "v0001" and registry.served_version() == "v0001"
+    assert published.version == "v0001" and registry.served_version(DATASET) == "v0001"
     files = set(published.manifest["files"])
     assert {
         "doc_ids.npy",
@@ -88,24 +88,26 @@ def test_staged_candidate_is_measured_and_promoted_as_it_is(ebr_home, tmp_path, 
     manifest = publication.stage_version(
         make_pieces(world, tmp_path), staged, {}, {}, "run-7", {"digest": "x"}
     )
-    assert manifest["version"] is None and manifest["gate"] is None and registry.served_version() is None
+    assert (
+        manifest["version"] is None and manifest["gate"] is None and registry.served_version(DATASET) is None
+    )
     before = _recall(staged, world)  # the gate measures the staged folder itself
-    done = publication.promote(staged, passing_gate(), "run-7")
-    assert done.version == "v0001" and registry.served_version() == "v0001"
+    done = publication.promote(staged, passing_gate(), "run-7", DATASET)
+    assert done.version == "v0001" and registry.served_version(DATASET) == "v0001"
     assert _recall(done.path, world) == before  # what was measured is what is served
     assert done.manifest["gate"]["passed"] and done.manifest["version"] == "v0001"
     # resuming the run after it published publishes nothing new
-    again = publication.promote(staged, passing_gate(), "run-7")
+    again = publication.promote(staged, passing_gate(), "run-7", DATASET)
     assert again.version == "v0001" and _entries() == ["v0001"]
     assert staged.is_dir() and registry.verify_version(staged)["version"] is None  # the staged copy untouched
 
 
 def test_listing_rollback_and_history(published, tmp_path, world):
     second = publication.publish_version(
-        make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2"
+        make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2", DATASET
     )
-    assert second.version == "v0002" and registry.served_version() == "v0002"
-    listed = catalogue.list_versions()
+    assert second.version == "v0002" and registry.served_version(DATASET) == "v0002"
+    listed = catalogue.list_versions(DATASET)
     assert [(v["version"], v["served"]) for v in listed] == [("v0001", False), ("v0002", True)]
     assert listed[0]["gate_metrics"]["people"] == {
         "metric": "recall@5",
@@ -113,10 +115,10 @@ def test_listing_rollback_and_history(published, tmp_path, world):
         "floor": 0.2,
         "published": None,
     }
-    assert catalogue.rollback("v0001") == "v0002" and registry.served_version() == "v0001"
+    assert catalogue.rollback(DATASET, "v0001") == "v0002" and registry.served_version(DATASET) == "v0001"
     with pytest.raises(catalogue.UnknownVersionError, match="unknown version 'v0009'.*v0001, v0002"):
-        catalogue.rollback("v0009")
-    with duckdb.connect(str(home.db_path()), read_only=True) as con:
+        catalogue.rollback(DATASET, "v0009")
+    with duckdb.connect(str(home.db_path(DATASET)), read_only=True) as con:
         events = con.execute("SELECT action, version, previous FROM serving_events ORDER BY ts").fetchall()
     assert events == [
         ("publish", "v0001", None),
@@ -126,22 +128,24 @@ def test_listing_rollback_and_history(published, tmp_path, world):
 
 
 def test_tampered_file_is_refused_on_load_and_rollback(published, tmp_path, world):
-    publication.publish_version(make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2")
+    publication.publish_version(
+        make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2", DATASET
+    )
     target = published.path / "embeddings" / "unified.npy"
     os.chmod(target, 0o644)
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF
     target.write_bytes(bytes(data))
     with pytest.raises(registry.CorruptVersionError, match=r"embeddings/unified.npy: checksum mismatch"):
-        SearchService.open(published.path, ENGINE, writable=False)
+        SearchService.open(published.path, ENGINE, writable=False, dataset=DATASET)
     with pytest.raises(registry.CorruptVersionError, match="checksum mismatch"):
-        catalogue.rollback("v0001")
-    assert registry.served_version() == "v0002"
-    assert {v["version"]: v["verified"] for v in catalogue.list_versions(verify=True)} == {
+        catalogue.rollback(DATASET, "v0001")
+    assert registry.served_version(DATASET) == "v0002"
+    assert {v["version"]: v["verified"] for v in catalogue.list_versions(DATASET, verify=True)} == {
         "v0001": False,
         "v0002": True,
     }
-    result = CliRunner().invoke(rollback_cmd.command, ["v0001"])
+    result = CliRunner().invoke(rollback_cmd.command, ["--dataset", DATASET, "v0001"])
     assert result.exit_code != 0 and "refusing to serve corrupted version v0001" in result.output
     assert "unified.npy" in result.output
 
@@ -152,12 +156,12 @@ def test_failed_gate_publishes_nothing(ebr_home, tmp_path, world):
         publication.PublicationRefusedError,
         match="refusing to publish: gate failed: vertical=people recall@5=0.1000",
     ):
-        publication.publish_version(make_pieces(world, tmp_path), failing, {}, {}, "run-x")
+        publication.publish_version(make_pieces(world, tmp_path), failing, {}, {}, "run-x", DATASET)
     staged = tmp_path / "staged"
     publication.stage_version(make_pieces(world, tmp_path), staged, {}, {}, "run-y", {})
     with pytest.raises(publication.PublicationRefusedError):
-        publication.promote(staged, failing, "run-y")
-    assert catalogue.list_versions() == [] and registry.served_version() is None
+        publication.promote(staged, failing, "run-y", DATASET)
+    assert catalogue.list_versions(DATASET) == [] and registry.served_version(DATASET) is None
     assert _entries() == []
 
 
@@ -165,23 +169,25 @@ def test_invalid_pieces_leave_nothing_behind(ebr_home, tmp_path, world):
     pieces = make_pieces(world, tmp_path)
     pieces.embeddings = {"unified": pieces.embeddings["unified"][:-1]}
     with pytest.raises(ValueError, match=r"embeddings\['unified'\] has 299 rows for 300 doc_ids"):
-        publication.publish_version(pieces, passing_gate(), {}, {}, "run-x")
+        publication.publish_version(pieces, passing_gate(), {}, {}, "run-x", DATASET)
     assert _entries() == []
 
 
 def test_cli_versions_json_and_rollback(published, tmp_path, world):
-    publication.publish_version(make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2")
+    publication.publish_version(
+        make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2", DATASET
+    )
     runner = CliRunner()
-    out = runner.invoke(versions_cmd.command, ["--json"])
+    out = runner.invoke(versions_cmd.command, ["--dataset", DATASET, "--json"])
     assert out.exit_code == 0, out.output
     listed = json.loads(out.output)
     assert [v["version"] for v in listed if v["served"]] == ["v0002"]
     assert listed[0]["gate_passed"] is True and "people" in listed[0]["gate_metrics"]
-    text = runner.invoke(versions_cmd.command, [])
+    text = runner.invoke(versions_cmd.command, ["--dataset", DATASET])
     assert "* v0002" in text.output and "people recall@5=0.9000" in text.output
-    back = runner.invoke(rollback_cmd.command, ["v0001"])
+    back = runner.invoke(rollback_cmd.command, ["--dataset", DATASET, "v0001"])
     assert back.exit_code == 0 and "serving v0001 (was v0002)" in back.output
-    unknown = runner.invoke(rollback_cmd.command, ["v0042"])
+    unknown = runner.invoke(rollback_cmd.command, ["--dataset", DATASET, "v0042"])
     assert unknown.exit_code == 2 and "unknown version 'v0042'" in unknown.output
 
 
@@ -211,46 +217,53 @@ def test_kill_during_publication_keeps_the_previous_version(published, tmp_path,
     committed = steps.index(step) >= steps.index("served") if step in steps else False
     unpromoted = ["v0002"] if step == "renamed" else []  # complete, never served: kept and reported
     expected = ["v0001", "v0002"] if committed else ["v0001"]
-    assert registry.served_version() == expected[-1]
-    listed = catalogue.list_versions(verify=True)
+    assert registry.served_version(DATASET) == expected[-1]
+    listed = catalogue.list_versions(DATASET, verify=True)
     assert [v["version"] for v in listed if v["status"] != "unregistered"] == expected
     assert [v["version"] for v in listed if v["status"] == "unregistered"] == unpromoted
     assert all(v["verified"] for v in listed)
-    SearchService.open(registry.served_version_dir(), ENGINE, writable=False).close()  # serving still loads
+    SearchService.open(
+        registry.served_version_dir(DATASET), ENGINE, writable=False, dataset=DATASET
+    ).close()  # serving still loads
     # the next publication deletes nothing and succeeds under a fresh name
-    nxt = publication.publish_version(make_pieces(world, tmp_path, seed=3), passing_gate(), {}, {}, "run-3")
+    nxt = publication.publish_version(
+        make_pieces(world, tmp_path, seed=3), passing_gate(), {}, {}, "run-3", DATASET
+    )
     assert nxt.version == f"v000{len(expected) + len(unpromoted) + 1}"
     left = [e for e in _entries() if e.startswith(".staging-")]
     assert bool(left) == (not committed and not unpromoted)  # a kill while staging leaves its folder
     assert [e for e in _entries() if e not in left] == sorted([*expected, *unpromoted, nxt.version])
-    with duckdb.connect(str(home.db_path()), read_only=True) as con:
+    with duckdb.connect(str(home.db_path(DATASET)), read_only=True) as con:
         registered = [
             r[0] for r in con.execute("SELECT version FROM published_versions ORDER BY 1").fetchall()
         ]
     assert registered == [*expected, nxt.version]
     if unpromoted:  # the unpromoted version verifies and can be registered (and rolled back to)
-        catalogue.adopt("v0002")
-        assert catalogue.rollback("v0002") == nxt.version
-    report = collect(GcConfig(keep_versions=5, keep_runs=10, keep_checkpoints=3))
+        catalogue.adopt(DATASET, "v0002")
+        assert catalogue.rollback(DATASET, "v0002") == nxt.version
+    report = collect(GcConfig(keep_versions=5, keep_runs=10, keep_checkpoints=3), DATASET)
     assert [d.name for d in report.deletions] == left and not any(e in left for e in _entries())
 
 
 def test_staging_leftovers_are_invisible_and_only_gc_deletes_them(published, tmp_path, world):
-    staging = home.versions_dir() / ".staging-v0002-999"
+    staging = home.versions_dir(DATASET) / ".staging-v0002-999"
     shutil.copytree(published.path, staging)
     (staging / "half.npy").write_bytes(b"partial")
-    assert [v["version"] for v in catalogue.list_versions()] == ["v0001"]
-    publication.publish_version(make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2")
+    assert [v["version"] for v in catalogue.list_versions(DATASET)] == ["v0001"]
+    publication.publish_version(
+        make_pieces(world, tmp_path, seed=2), passing_gate(), {}, {}, "run-2", DATASET
+    )
     assert staging.exists()  # only gc deletes
     assert [
-        d.kind for d in collect(GcConfig(keep_versions=5, keep_runs=10, keep_checkpoints=3)).deletions
+        d.kind
+        for d in collect(GcConfig(keep_versions=5, keep_runs=10, keep_checkpoints=3), DATASET).deletions
     ] == ["staging"]
     assert not staging.exists() and _entries() == ["v0001", "v0002"]
 
 
 def test_gate_against_the_served_version(published, tmp_path, world):
     """The published version and the candidate are measured the same way on the same sessions."""
-    version, old = published_recall(sessions(world), GATE, ENGINE)
+    version, old = published_recall(sessions(world), GATE, ENGINE, DATASET)
     assert version == "v0001" and old == _recall(published.path, world)
     same = tmp_path / "same"
     publication.stage_version(make_pieces(world, tmp_path, seed=1), same, {}, {}, "run-2", {})

@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 import pytest
 from faults import count_calls, inject
-from publish_pieces import make_pieces, make_world, passing_gate
+from publish_pieces import DATASET, make_pieces, make_world, passing_gate
 
 from ebr import home, registry
 from ebr.registry import catalogue, publication
@@ -27,7 +27,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("template")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EBR_HOME", str(root / "home"))
-        publication.publish_version(make_pieces(WORLD, root, seed=1), passing_gate(), {}, {}, "run-1")
+        publication.publish_version(
+            make_pieces(WORLD, root, seed=1), passing_gate(), {}, {}, "run-1", DATASET
+        )
     yield root / "home"
 
 
@@ -43,17 +45,17 @@ def fresh(template: Path, ebr_home: Path) -> Callable[[], None]:
 
 def _folders() -> list[str]:
     """versions/ without its lock: version folders and any staging leftover."""
-    return sorted(p.name for p in home.versions_dir().iterdir() if p.name != ".lock")
+    return sorted(p.name for p in home.versions_dir(DATASET).iterdir() if p.name != ".lock")
 
 
 def _published() -> set[str]:
-    with duckdb.connect(str(home.db_path()), read_only=True) as con:
+    with duckdb.connect(str(home.db_path(DATASET)), read_only=True) as con:
         return catalogue.published(con)
 
 
 def _assert_served_and_verifies(version: str) -> None:
-    assert registry.served_version() == version
-    registry.served_version_dir(verify=True)
+    assert registry.served_version(DATASET) == version
+    registry.served_version_dir(DATASET, verify=True)
 
 
 def _sweep(
@@ -84,18 +86,18 @@ def _sweep(
 
 def _after_failed_publish(new: str) -> Callable[[bool, Any], None]:
     def check(raised: bool, faults: Any) -> None:
-        if raised and registry.served_version() == "v0001":
+        if raised and registry.served_version(DATASET) == "v0001":
             assert _folders() == ["v0001"], faults.failed  # nothing half-written left, no staging folder
             assert _published() == {"v0001"}
         else:  # absorbed (a refused hard link is copied), or the pointer was already replaced
             assert not raised or faults.failed[0] == "fsync", faults.failed
             assert _folders() == ["v0001", new]
-        _assert_served_and_verifies(registry.served_version())
+        _assert_served_and_verifies(registry.served_version(DATASET))
         retry = publication.publish_version(
-            make_pieces(WORLD, home.home().parent, seed=3), passing_gate(), {}, {}, "run-retry"
+            make_pieces(WORLD, home.home().parent, seed=3), passing_gate(), {}, {}, "run-retry", DATASET
         )
         _assert_served_and_verifies(retry.version)
-        listed = catalogue.list_versions(verify=True)
+        listed = catalogue.list_versions(DATASET, verify=True)
         assert all(v["verified"] and v["status"] == "published" for v in listed), listed
         assert [v["version"] for v in listed] == sorted(_folders())
 
@@ -107,7 +109,7 @@ def test_every_failing_call_of_publish_version_keeps_the_last_good_state(fresh, 
     pieces = make_pieces(WORLD, tmp_path, seed=2)
     n, surfaced = _sweep(
         fresh,
-        lambda: publication.publish_version(pieces, passing_gate(), {}, {}, "run-2"),
+        lambda: publication.publish_version(pieces, passing_gate(), {}, {}, "run-2", DATASET),
         _after_failed_publish("v0002"),
         sticky,
     )
@@ -118,7 +120,9 @@ def test_every_failing_call_of_promote_keeps_the_last_good_state(fresh, tmp_path
     staged = tmp_path / "candidate"  # outside the home: the home is reset for every fault
     publication.stage_version(make_pieces(WORLD, tmp_path, seed=2), staged, {}, {}, "run-2", {})
     n, _ = _sweep(
-        fresh, lambda: publication.promote(staged, passing_gate(), "run-2"), _after_failed_publish("v0002")
+        fresh,
+        lambda: publication.promote(staged, passing_gate(), "run-2", DATASET),
+        _after_failed_publish("v0002"),
     )
     assert n >= 20
     assert registry.verify_version(staged)["version"] is None  # the staged candidate is never changed
@@ -135,7 +139,7 @@ def test_every_failing_call_of_staging_leaves_nothing_promotable_half_written(fr
     def check(raised: bool, faults: Any) -> None:
         assert raised, faults.failed
         try:  # a candidate that verifies may be promoted; one that does not is refused
-            done = publication.promote(staged, passing_gate(), "run-2")
+            done = publication.promote(staged, passing_gate(), "run-2", DATASET)
             _assert_served_and_verifies(done.version)
         except registry.CorruptVersionError:
             _assert_served_and_verifies("v0001")
@@ -148,21 +152,23 @@ def test_every_failing_call_of_staging_leaves_nothing_promotable_half_written(fr
 def test_every_failing_call_of_a_rollback_keeps_a_served_version(fresh, tmp_path):
     def reset() -> None:
         fresh()
-        publication.publish_version(make_pieces(WORLD, tmp_path, seed=2), passing_gate(), {}, {}, "run-2")
+        publication.publish_version(
+            make_pieces(WORLD, tmp_path, seed=2), passing_gate(), {}, {}, "run-2", DATASET
+        )
 
     def events() -> list[tuple[str, str]]:
-        with duckdb.connect(str(home.db_path()), read_only=True) as con:
+        with duckdb.connect(str(home.db_path(DATASET)), read_only=True) as con:
             return con.execute("SELECT action, version FROM serving_events ORDER BY ts").fetchall()
 
     def check(raised: bool, faults: Any) -> None:
         assert raised
-        served = registry.served_version()
+        served = registry.served_version(DATASET)
         assert served == "v0002" or faults.failed[0] == "fsync"  # switched only if the last fsync failed
         _assert_served_and_verifies(served)
         assert events()[-1] == (("rollback", "v0001") if served == "v0001" else ("publish", "v0002"))
-        assert catalogue.rollback("v0001") == served
+        assert catalogue.rollback(DATASET, "v0001") == served
         _assert_served_and_verifies("v0001")
         assert _folders() == ["v0001", "v0002"] and _published() == {"v0001", "v0002"}
 
-    n, _ = _sweep(reset, lambda: catalogue.rollback("v0001"), check)
+    n, _ = _sweep(reset, lambda: catalogue.rollback(DATASET, "v0001"), check)
     assert n == 5  # serving.json: write, flush, fsync, rename, fsync of the home

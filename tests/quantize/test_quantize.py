@@ -20,6 +20,7 @@ from ebr.ann.quantize import (
 )
 from ebr.config import IndexConfig, load_config, retrain_defaults, typed
 from ebr.datasets.synthetic import clustered_dataset
+from ebr.runners import Shards
 
 
 def index_cfg(**settings) -> IndexConfig:
@@ -180,3 +181,23 @@ def test_index_config_is_typed_from_conf_index_default():
         load_config(["index.nprobe=[1]"])  # an unknown key is refused when the config is composed
     with pytest.raises(ConfigCompositionException, match="index.k=1.5"):
         load_config(["index.k=1.5"])  # so is a value of the wrong type
+
+
+def test_tuning_reports_progress_per_scheme_and_logs_each(data, caplog):
+    """Shards.report gets (what, fraction) once before and once after each scheme: increasing, ending at 1."""
+    cfg = index_cfg(
+        factories=("IVF{nlist},PQ{m}x{nbits}", "IVF{nlist},Flat"), nlists=(16, 32), nprobes=(1, 4), pq_bytes=8
+    )
+    calls = []
+    with caplog.at_level("INFO", logger="ebr.ann.quantize"):
+        tune(
+            data.docs,
+            data.queries[:50],
+            cfg,
+            shards=Shards(progress=lambda w, f: calls.append((w, f))),
+            what="ann x",
+        )
+    assert [f for _, f in calls] == [0.0, 0.25, 0.5, 0.75, 1.0] and {w for w, _ in calls} == {"ann x"}
+    lines = [r.getMessage() for r in caplog.records if r.name == "ebr.ann.quantize"]
+    assert len(lines) == 4 and all(line.startswith("ann x: IVF") for line in lines)
+    assert "built and measured in" in lines[0] and "% scanned" in lines[0]

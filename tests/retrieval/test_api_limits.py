@@ -32,7 +32,9 @@ class SlowSwapper:
 
     @contextmanager
     def service(self):
-        yield SimpleNamespace(search=self.search)
+        yield SimpleNamespace(
+            search=self.search, version=self.version, verticals=[], describe=lambda ids: [{}] * len(ids)
+        )
 
     def search(self, request, timeout_s=None):
         with self.lock:
@@ -43,7 +45,8 @@ class SlowSwapper:
             sum(range(1000))
         with self.lock:
             self.running -= 1
-        return SimpleNamespace(to_dict=lambda explain: {"results": []})
+        answer = {"version": self.version, "expr": request.expr, "total": 0, "took_ms": 0.0, "results": []}
+        return SimpleNamespace(to_dict=lambda explain: answer)
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +76,7 @@ def test_bodies_and_documents_are_bounded() -> None:
     config = load_engine_config(
         ["engine.serving.max_body_bytes=1000", "engine.serving.max_document_bytes=200"]
     )
-    with TestClient(create_app(config, watch=False)) as client:
+    with TestClient(create_app(config, watch=False, dataset="test")) as client:
         big = b'{"doc_id": 1, "terms": ["text:' + b"a" * 2000 + b'"]}'
         assert client.post("/documents", content=big, headers=AUTH).status_code == 413
 

@@ -15,13 +15,14 @@ from ebr.retrieval.config import load_engine_config
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DOC = {"doc_id": 1, "terms": ["text:a"]}
+DATASET = "test"
 
 
 @pytest.fixture
 def client(monkeypatch: pytest.MonkeyPatch, tmp_path) -> TestClient:
     monkeypatch.setenv("EBR_HOME", str(tmp_path))
     monkeypatch.setenv("EBR_API_TOKEN", TOKEN)
-    with TestClient(create_app(load_engine_config(), watch=False)) as c:
+    with TestClient(create_app(load_engine_config(), watch=False, dataset=DATASET)) as c:
         yield c
 
 
@@ -49,7 +50,7 @@ def test_search_token_when_configured(monkeypatch: pytest.MonkeyPatch, tmp_path)
     token_file.write_text(TOKEN + "\n")
     overrides = [f"engine.serving.token_file={token_file}", "engine.serving.auth_search=true"]
     config = load_engine_config(overrides)
-    with TestClient(create_app(config, watch=False)) as c:
+    with TestClient(create_app(config, watch=False, dataset=DATASET)) as c:
         assert c.post("/search", json={"expr": "(term a:b)"}).status_code == 401
         assert c.post("/search", json={"expr": "(term a:b)"}, headers=AUTH).status_code == 503
 
@@ -57,14 +58,18 @@ def test_search_token_when_configured(monkeypatch: pytest.MonkeyPatch, tmp_path)
 def test_no_token_means_read_only(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("EBR_HOME", str(tmp_path))
     monkeypatch.delenv("EBR_API_TOKEN", raising=False)
-    with TestClient(create_app(load_engine_config(), watch=False)) as c:
+    with TestClient(create_app(load_engine_config(), watch=False, dataset=DATASET)) as c:
         refused = c.post("/documents", json=DOC)
         assert refused.status_code == 403 and "EBR_API_TOKEN" in refused.json()["detail"]
     open_writes = load_engine_config(["engine.serving.allow_unauthenticated_writes=true"])
-    with TestClient(create_app(open_writes, watch=False)) as c:
+    with TestClient(create_app(open_writes, watch=False, dataset=DATASET)) as c:
         assert c.post("/documents", json=DOC).status_code == 503  # past auth; nothing served
     with pytest.raises(ValueError, match="token_file"):
-        create_app(load_engine_config([f"engine.serving.token_file={tmp_path / 'missing'}"]), watch=False)
+        create_app(
+            load_engine_config([f"engine.serving.token_file={tmp_path / 'missing'}"]),
+            watch=False,
+            dataset=DATASET,
+        )
 
 
 def test_cross_site_posts_and_foreign_hosts_are_refused(client: TestClient) -> None:

@@ -43,7 +43,7 @@ def synthetic(tmp_path: Path, ebr_home: Path):
         [np.array([corpus.doc_ids[t]]) for t in targets],
     )
     texts = [" ".join(t.removeprefix("text:") for t in corpus.terms[i][2:]) for i in targets]  # its words
-    service = SearchService.open(version, load_engine_config(), writable=False)
+    service = SearchService.open(version, load_engine_config(), writable=False, dataset="test")
     yield service, sessions, reference, distances, texts
     service.close()
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from faults import inject
 from hydra.errors import HydraException
 
-from ebr import registry
+from ebr import home, registry
 from ebr.cli.search import command as search_command
 from ebr.config import engine_defaults
 from ebr.retrieval.api import create_app
@@ -27,6 +27,7 @@ from ebr.retrieval.query import expand_text, parse
 from ebr.retrieval.service import HotSwapper, SearchRequest, SearchService
 
 TOKEN = "test-token"
+DATASET = "test"  # the dataset these tests serve
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +54,10 @@ RETRIEVER = {
 
 @pytest.fixture
 def served(ebr_home: Path, trained) -> Path:
-    version = write_version(ebr_home / "versions" / "v0001", make_corpus(seed=31, n=300), trained, RETRIEVER)
-    registry.set_served_version("v0001")
+    version = write_version(
+        home.versions_dir(DATASET) / "v0001", make_corpus(seed=31, n=300), trained, RETRIEVER
+    )
+    registry.set_served_version(DATASET, "v0001")
     return version
 
 
@@ -77,7 +80,8 @@ class FakeEncoder:
 def test_ebr_search_prints_json_results_of_the_served_version(served: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(
-        search_command, ["--expr", HYBRID, "--vector", json.dumps(Q.tolist()), "--k", "5", "--json"]
+        search_command,
+        ["--dataset", DATASET, "--expr", HYBRID, "--vector", json.dumps(Q.tolist()), "--k", "5", "--json"],
     )
     assert result.exit_code == 0, result.output
     got = json.loads(result.output)
@@ -86,10 +90,22 @@ def test_ebr_search_prints_json_results_of_the_served_version(served: Path) -> N
     assert all(set(r) == {"doc_id", "score"} for r in got)
     np.save(served.parent.parent / "q.npy", Q)
     from_file = runner.invoke(
-        search_command, ["--expr", HYBRID, "--vector-file", str(served.parent.parent / "q.npy"), "--json"]
+        search_command,
+        [
+            "--dataset",
+            DATASET,
+            "--expr",
+            HYBRID,
+            "--vector-file",
+            str(served.parent.parent / "q.npy"),
+            "--json",
+        ],
     )
     assert json.loads(from_file.output)[:5] == got
-    table = runner.invoke(search_command, ["--expr", HYBRID, "--vector", json.dumps(Q.tolist()), "--k", "3"])
+    table = runner.invoke(
+        search_command,
+        ["--dataset", DATASET, "--expr", HYBRID, "--vector", json.dumps(Q.tolist()), "--k", "3"],
+    )
     assert table.exit_code == 0 and "matches" in table.output and len(table.output.splitlines()) == 5
 
 
@@ -107,13 +123,14 @@ def test_ebr_search_prints_json_results_of_the_served_version(served: Path) -> N
     ],
 )
 def test_ebr_search_errors_are_one_clear_line(served: Path, args: list[str], message: str) -> None:
-    result = CliRunner().invoke(search_command, args)
+    result = CliRunner().invoke(search_command, ["--dataset", DATASET, *args])
     assert result.exit_code != 0
     assert message in result.output.strip().splitlines()[-1], result.output  # click's usage lines come first
 
 
 def test_ebr_search_without_a_served_version(ebr_home: Path) -> None:
-    result = CliRunner().invoke(search_command, ["--expr", "(term a:b)", "--json"])
+    home.dataset_dir(DATASET).mkdir(parents=True)  # a dataset that has published nothing yet
+    result = CliRunner().invoke(search_command, ["--dataset", DATASET, "--expr", "(term a:b)", "--json"])
     assert result.exit_code != 0 and "no version is served" in result.output
 
 
@@ -129,7 +146,7 @@ def test_query_text_and_searcher_go_through_the_query_tower(served: Path, monkey
 
     monkeypatch.setattr(ebr.models.export, "load_query_encoder", fake_loader)
     config = load_engine_config()
-    service = SearchService.open(served, config, writable=False, verify=False)
+    service = SearchService.open(served, config, writable=False, verify=False, dataset=DATASET)
     request = SearchRequest(vertical="people", query_text="w1 w2", searcher_id=42)
     response = service.search(request)
     expected_vector = FakeEncoder(16).encode([ebr.models.export.QueryInput("w1 w2", 42)])[0]
@@ -143,14 +160,15 @@ def test_query_text_and_searcher_go_through_the_query_tower(served: Path, monkey
     service.search(request)
     assert loaded == [served / "towers" / "unified"]  # loaded once, then reused
     cli = CliRunner().invoke(
-        search_command, ["--vertical", "people", "--query-text", "w1 w2", "--searcher", "42", "--json"]
+        search_command,
+        ["--dataset", DATASET, "--vertical", "people", "--query-text", "w1 w2", "--searcher", "42", "--json"],
     )
     assert json.loads(cli.output) == response.hits.as_dicts()
 
 
 @pytest.fixture
 def client(served: Path):
-    app = create_app(load_engine_config(), watch=False)
+    app = create_app(load_engine_config(), watch=False, dataset=DATASET)
     with api_client(app) as c:
         yield c
 
@@ -215,7 +233,8 @@ def test_http_search_with_ranking_operators(client: TestClient, served: Path) ->
         limit=100,
         query_text="w1 w2",
     )
-    assert body["results"] == expected.as_dicts() and body["total"] == 5
+    assert [{"doc_id": r["doc_id"], "score": r["score"]} for r in body["results"]] == expected.as_dicts()
+    assert body["total"] == 5
     assert [(r["operator"], r["method"], r["kept"]) for r in body["ranking"]] == [
         ("fuse", "rrf", expected.ranking[0].kept),
         ("rerank", "unified", 5),
@@ -233,9 +252,11 @@ def test_http_documents_with_term_payloads(client: TestClient) -> None:
     assert client.post("/documents/batch", json={"changes": [{"op": "add", **mapping}]}).status_code == 200
     assert client.get("/documents/5").json()["payloads"] == {"quality:static": 0.75}
     body = search(client, expr="(term quality:static :min 0.2 :score)")
-    assert body["results"] == [{"doc_id": 5, "score": 0.75}, {"doc_id": 6, "score": 0.25}]
+    added = {"title": None, "vertical": "people"}  # realtime additions have no title
+    assert body["results"] == [{"doc_id": 5, "score": 0.75, **added}, {"doc_id": 6, "score": 0.25, **added}]
     assert client.put("/documents/6", json={"terms": [["quality:static", 0.9]]}).status_code == 200
-    assert search(client, expr="(term quality:static :min 0.8)")["results"] == [{"doc_id": 6, "score": None}]
+    updated = search(client, expr="(term quality:static :min 0.8)")["results"]
+    assert updated == [{"doc_id": 6, "score": None, "title": None, "vertical": None}]  # no vertical: term
     bad = client.post("/documents", json={"doc_id": 7, "terms": [["text:a", 1e39]]})
     assert bad.status_code == 400 and "finite float32" in bad.json()["detail"]
     assert client.post("/documents", json={"doc_id": 7, "terms": [["text:a", "x"]]}).status_code == 422
@@ -246,8 +267,8 @@ def test_http_documents_with_term_payloads(client: TestClient) -> None:
 def test_a_second_server_on_the_same_home_serves_read_only(served: Path) -> None:
     config = load_engine_config()
     with (
-        api_client(create_app(config, watch=False)) as first,
-        api_client(create_app(config, watch=False)) as second,
+        api_client(create_app(config, watch=False, dataset=DATASET)) as first,
+        api_client(create_app(config, watch=False, dataset=DATASET)) as second,
     ):
         assert second.post("/search", json={"expr": HYBRID, "vector": Q.tolist()}).status_code == 200
         refused = second.post("/documents", json={"doc_id": 5, "terms": ["text:x"]})
@@ -262,20 +283,20 @@ def test_a_second_server_on_the_same_home_serves_read_only(served: Path) -> None
 
 def test_timeouts_answer_504(served: Path) -> None:
     config = load_engine_config(["engine.serving.request_timeout_s=0.000001"])
-    with api_client(create_app(config, watch=False)) as c:
+    with api_client(create_app(config, watch=False, dataset=DATASET)) as c:
         response = c.post("/search", json={"expr": HYBRID, "vector": Q.tolist()})
     assert response.status_code == 504 and "timed out" in response.json()["detail"]
 
 
 def test_no_served_version_answers_503(ebr_home: Path) -> None:
-    with api_client(create_app(load_engine_config(), watch=False)) as c:
+    with api_client(create_app(load_engine_config(), watch=False, dataset=DATASET)) as c:
         assert c.get("/healthz").json()["status"] == "no_version"
         assert c.post("/search", json={"expr": "(term a:b)"}).status_code == 503
 
 
 def test_hot_reload_swaps_versions_without_failing_requests(served: Path, ebr_home: Path, trained) -> None:
     config = load_engine_config()
-    swapper = HotSwapper(config)
+    swapper = HotSwapper(config, DATASET)
     app = create_app(config, swapper=swapper, watch=False)
     versions_seen: list[str] = []
     failures: list[str] = []
@@ -294,8 +315,8 @@ def test_hot_reload_swaps_versions_without_failing_requests(served: Path, ebr_ho
         threads = [threading.Thread(target=hammer, args=(client,)) for _ in range(4)]
         for t in threads:
             t.start()
-        write_version(ebr_home / "versions" / "v0002", make_corpus(seed=32, n=300), trained, RETRIEVER)
-        registry.set_served_version("v0002")
+        write_version(home.versions_dir(DATASET) / "v0002", make_corpus(seed=32, n=300), trained, RETRIEVER)
+        registry.set_served_version(DATASET, "v0002")
         assert swapper.check()
         deadline = time.monotonic() + 60
         while versions_seen.count("v0002") < 20 and time.monotonic() < deadline:
@@ -307,9 +328,9 @@ def test_hot_reload_swaps_versions_without_failing_requests(served: Path, ebr_ho
         assert "v0001" in versions_seen and versions_seen[-1] == "v0002"
         assert old is not None and not old.engine.writable  # the old version was closed once idle
         # a corrupt new version is refused: the current one stays served and /healthz says why
-        write_version(ebr_home / "versions" / "v0003", make_corpus(seed=33, n=50), trained, RETRIEVER)
-        (ebr_home / "versions" / "v0003" / "doc_ids.npy").write_bytes(b"corrupt")
-        registry.set_served_version("v0003")
+        write_version(home.versions_dir(DATASET) / "v0003", make_corpus(seed=33, n=50), trained, RETRIEVER)
+        (home.versions_dir(DATASET) / "v0003" / "doc_ids.npy").write_bytes(b"corrupt")
+        registry.set_served_version(DATASET, "v0003")
         assert not swapper.check() and swapper.version == "v0002"
         assert "doc_ids.npy: checksum mismatch" in client.get("/healthz").json()["last_error"]
         assert client.post("/search", json={"expr": HYBRID, "vector": Q.tolist()}).status_code == 200
@@ -319,13 +340,13 @@ def test_rollback_while_a_request_is_in_flight_keeps_the_server_writable(
     served: Path, ebr_home: Path, trained
 ) -> None:
     config = load_engine_config()
-    swapper = HotSwapper(config)
-    write_version(ebr_home / "versions" / "v0002", make_corpus(seed=32, n=100), trained, RETRIEVER)
+    swapper = HotSwapper(config, DATASET)
+    write_version(home.versions_dir(DATASET) / "v0002", make_corpus(seed=32, n=100), trained, RETRIEVER)
     with api_client(create_app(config, swapper=swapper, watch=False)) as client:
         assert client.post("/documents", json={"doc_id": 5, "terms": ["text:x"]}).status_code == 201
         with swapper.service() as slow:  # a slow search on v0001 while it is rolled back and forth
             for version in ("v0002", "v0001"):
-                registry.set_served_version(version)
+                registry.set_served_version(DATASET, version)
                 assert swapper.check()
             health = client.get("/healthz").json()
             assert (
@@ -341,7 +362,7 @@ def test_rollback_while_a_request_is_in_flight_keeps_the_server_writable(
         # without the swapper's check, the first write takes the lock
         with swapper.service() as slow:
             for version in ("v0002", "v0001"):
-                registry.set_served_version(version)
+                registry.set_served_version(DATASET, version)
                 assert swapper.check()
         assert client.post("/documents", json={"doc_id": 7, "terms": ["text:x"]}).status_code == 201
         assert {client.get(f"/documents/{d}").status_code for d in (5, 6, 7)} == {200}
@@ -355,7 +376,9 @@ def test_rollback_while_a_request_is_in_flight_keeps_the_server_writable(
 
 def test_a_failed_write_answers_500_and_a_broken_log_shows_in_healthz(served: Path) -> None:
     new = {"doc_id": 5, "terms": ["text:fresh"]}
-    with api_client(create_app(load_engine_config(), watch=False), raise_server_exceptions=False) as client:
+    with api_client(
+        create_app(load_engine_config(), watch=False, dataset=DATASET), raise_server_exceptions=False
+    ) as client:
         with inject(1, kinds={"write"}) as faults:
             assert client.post("/documents", json=new).status_code == 500
         assert faults.failed is not None and faults.failed[0] == "write"  # the append to the log
@@ -366,7 +389,7 @@ def test_a_failed_write_answers_500_and_a_broken_log_shows_in_healthz(served: Pa
         assert refused.status_code == 503 and "may or may not be logged" in refused.json()["detail"]
         health = client.get("/healthz").json()
         assert health["status"] == "read_only" and "cutting a failed append" in health["read_only_reason"]
-    with api_client(create_app(load_engine_config(), watch=False)) as client:  # a restart
+    with api_client(create_app(load_engine_config(), watch=False, dataset=DATASET)) as client:  # a restart
         assert client.get("/healthz").json()["status"] == "ok"
         assert client.get("/documents/5").status_code == 200 and client.get("/documents/6").status_code == 404
 

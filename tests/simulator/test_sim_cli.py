@@ -35,7 +35,7 @@ def test_simulate_writes_a_world(tmp_path: Path) -> None:
 def test_default_output_goes_under_the_home(ebr_home: Path) -> None:
     result = CliRunner().invoke(main, ["simulate", "--scale", "tiny", "--seed", "2", *SMALL])
     assert result.exit_code == 0, result.output
-    assert (ebr_home / "worlds" / "tiny-s2" / "schema.json").is_file()
+    assert (ebr_home / "worlds" / "sim-tiny-s2" / "schema.json").is_file()  # the dataset name of the world
 
 
 def test_bad_input_gives_one_clear_line(tmp_path: Path) -> None:
@@ -49,5 +49,5 @@ def test_bad_input_gives_one_clear_line(tmp_path: Path) -> None:
     result = runner.invoke(
         main, ["simulate", "--scale", "tiny", "--out", str(tmp_path / "w"), "--set", "nope=1"]
     )
-    assert result.exit_code == 1 and "bad simulator override" in result.output
+    assert result.exit_code == 2 and "bad simulator override" in result.output  # checked before writing
     assert "--scale" in runner.invoke(main, ["simulate", "--help"]).output

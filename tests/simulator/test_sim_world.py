@@ -12,7 +12,7 @@ import pytest
 
 from ebr.schema import SCHEMA_VERSION, TABLES, VERTICALS
 from ebr.simulator.tables import arrow_schema
-from ebr.simulator.world import simulate
+from ebr.simulator.world import STAGES, simulate
 
 FILES = [
     f"{t}.parquet" for t in ("users", "friendships", "documents", "memberships", "sessions", "impressions")
@@ -140,3 +140,19 @@ def test_world_refuses_to_replace_other_folders(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="simulator.users must be a positive integer, got 'abc'"):
         simulate("tiny", 1, tmp_path / "w", ["users=abc"])
     assert not (tmp_path / "w").exists() and not list(tmp_path.glob(".w.tmp-*"))
+
+
+def test_progress_per_stage_and_chunk_and_a_log_line_per_stage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[tuple[str, float]] = []
+    small = ["users=300", "sessions.count=600", "sessions.chunk=200"]
+    with caplog.at_level("INFO", logger="ebr.simulator.world"):
+        simulate("tiny", 1, tmp_path / "w", small, progress=lambda what, f: calls.append((what, f)))
+    fractions = [f for _, f in calls]
+    assert {w for w, _ in calls} == {"simulate tiny"}
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert all(a <= b for a, b in zip(fractions, fractions[1:], strict=False))
+    assert len(set(fractions)) == len(STAGES) + 1 + 2  # each stage, and the sessions stage after chunks 1, 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "ebr.simulator.world"]
+    assert [line.split(": ")[1].split(" in ")[0] for line in lines] == list(STAGES)
