@@ -142,6 +142,8 @@ def command(
         raise click.ClickException(str(e)) from None
     try:
         response = service.search(request, timeout_s=config.serving.request_timeout_s)
+        results = response.hits.as_dicts()
+        shown = [] if as_json else service.describe([r["doc_id"] for r in results])
     except SearchError as e:
         raise click.ClickException(str(e)) from None
     except QueryTimeoutError as e:
@@ -151,27 +153,11 @@ def command(
     if explain:
         for stats in response.hits.nn:
             click.echo(json.dumps(vars(stats)), err=True)
-    results = response.hits.as_dicts()
     if as_json:
         click.echo(json.dumps(results))
         return
     click.echo(f"version {response.version}: {response.hits.total} matches, {response.took_ms:.1f} ms")
     click.echo(f"expr: {response.expr}")
-    titles = _titles(service.version_dir / "documents.parquet", [r["doc_id"] for r in results])
-    for rank, r in enumerate(results, 1):
+    for rank, (r, doc) in enumerate(zip(results, shown, strict=True), 1):
         score = "-" if r["score"] is None else f"{r['score']:.4f}"
-        click.echo(f"{rank:>4}  {r['doc_id']:>12}  {score:>7}  {titles.get(r['doc_id'], '')}")
-
-
-def _titles(path: Path, doc_ids: list[int]) -> dict[int, str]:
-    """Titles of the given documents from the version's documents.parquet (realtime additions have none).
-    No conversion between Python and Arrow arrays (`pa.array`, `to_numpy`): pyarrow imports pandas for them,
-    0.1-0.3 s of a search (docs/benchmarks.md#ebr-search-cold-start)."""
-    import pyarrow.parquet as pq
-
-    wanted = set(doc_ids)
-    if not wanted:
-        return {}
-    table = pq.ParquetFile(path).read(columns=["doc_id", "title"])
-    titles = table.column("title")
-    return {d: titles[i].as_py() for i, d in enumerate(table.column("doc_id").to_pylist()) if d in wanted}
+        click.echo(f"{rank:>4}  {r['doc_id']:>12}  {score:>7}  {doc['title'] or ''}")

@@ -205,13 +205,16 @@ class SearchService:
 
     @functools.cached_property
     def _shown(self) -> tuple[np.ndarray, pa.Table, dict[str, str]]:
-        """The version's documents.parquet: its doc ids (sorted), their titles and verticals, and each
-        vertical by its `vertical:` term."""
+        """The version's documents.parquet sorted by doc id: the ids as an array, the titles and verticals,
+        and each vertical by its `vertical:` term. Read without pyarrow's numpy conversions: they import
+        pandas, 0.1-0.3 s of a cold `ebr search` (docs/benchmarks.md#ebr-search-cold-start)."""
         columns = ["doc_id", "vertical", "title"]
-        table = pq.read_table(self.version_dir / "documents.parquet", columns=columns).sort_by("doc_id")
+        path = self.version_dir / "documents.parquet"
+        table = pq.ParquetFile(path).read(columns=columns).sort_by("doc_id")
+        ids = np.fromiter(table["doc_id"].to_pylist(), dtype=np.int64, count=table.num_rows)
         verticals = [*table["vertical"].unique().to_pylist(), *self.verticals]
         names = {f"vertical:{term_value(v)}": v for v in verticals if v}
-        return table["doc_id"].to_numpy(), table.select(["title", "vertical"]), names
+        return ids, table.select(["title", "vertical"]), names
 
     def describe(self, doc_ids: Sequence[int]) -> list[dict[str, str | None]]:
         """What a caller shows of each document: its `title` and `vertical` in the version's
@@ -220,11 +223,11 @@ class SearchService:
         wanted = np.asarray(doc_ids, dtype=np.int64)
         rows = np.minimum(np.searchsorted(ids, wanted), max(len(ids) - 1, 0))
         known = ids[rows] == wanted if len(ids) else np.zeros(len(wanted), dtype=bool)
-        found = iter(shown.take(rows[known]).to_pylist())
-        out = []
-        for doc_id, in_version in zip(wanted.tolist(), known.tolist(), strict=True):
+        titles, verticals = shown["title"], shown["vertical"]
+        out: list[dict[str, str | None]] = []
+        for doc_id, row, in_version in zip(wanted.tolist(), rows.tolist(), known.tolist(), strict=True):
             if in_version:
-                out.append(next(found))
+                out.append({"title": titles[row].as_py(), "vertical": verticals[row].as_py()})
                 continue
             doc = self.engine.document(doc_id)
             term = next((t for t in doc["terms"] if t.startswith("vertical:")), None) if doc else None
