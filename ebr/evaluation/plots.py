@@ -5,9 +5,11 @@
                   and the chosen operating point marked (step `ensembles-and-ann`, one per embedding key)
   loss_curves     training (and validation) loss per epoch, one line per model (step `train-towers`)
   gate_rules      each gate rule's candidate value against its threshold, pass green, fail red (`recall-gate`)
+  sweep_recall    a sweep's recall@10 against margin, one panel per vertical on one y-axis, one line per
+                  easy:hard ratio, a min-max band over seeds (ebr/flows/sweep.py)
 
-Each function writes `path` and returns it (`ann_figure` and `gate_figure` give the figure itself); the data
-behind the marks (`front_2d`, `gate_rows`) are plain functions, tested exactly.
+Each function writes `path` and returns it (`ann_figure`, `gate_figure` and `sweep_figure` give the figure
+itself); the data behind the marks (`front_2d`, `gate_rows`) are plain functions, tested exactly.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import pandas as pd
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
@@ -174,3 +177,32 @@ def gate_figure(checks: Sequence[Mapping[str, Any]]) -> Figure:
     ax.set_xlabel("candidate recall (bar: green pass, red fail); threshold (black tick)")
     ax.set_title("Recall gate: each rule against its threshold")
     return fig
+
+
+def sweep_figure(table: pd.DataFrame, model: str) -> Figure:
+    """recall@10 against margin, one panel per vertical on one shared y-axis, one line per easy:hard ratio;
+    with several seeds the line is their mean and a band spans their min to max."""
+    data = table[table["model"] == model]
+    verticals = sorted(data["vertical"].unique())
+    seeds = data["seed"].nunique()
+    fig = Figure(figsize=(4 * len(verticals), 3.5))  # no pyplot: the caller owns the figure
+    axes = fig.subplots(1, len(verticals), squeeze=False, sharey=True)[0]
+    for ax, vertical in zip(axes, verticals, strict=True):
+        part = data[data["vertical"] == vertical]
+        for ratio, line in part.groupby("easy_hard_ratio"):
+            stats = line.groupby("margin")["recall_at_10"].agg(["mean", "min", "max"]).sort_index()
+            (drawn,) = ax.plot(stats.index, stats["mean"], marker="o", label=f"easy:hard {ratio:g}")
+            if seeds > 1:
+                ax.fill_between(stats.index, stats["min"], stats["max"], color=drawn.get_color(), alpha=0.2)
+        ax.set_title(vertical)
+        ax.set_xlabel("margin")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("recall@10" + (f" (mean, min-max of {seeds} seeds)" if seeds > 1 else ""))
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Sweep: {model}")
+    return fig
+
+
+def sweep_recall(table: pd.DataFrame, model: str, path: Path) -> Path:
+    """`sweep_figure` written to `path` as a PNG."""
+    return _save(sweep_figure(table, model), path)

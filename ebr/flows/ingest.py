@@ -65,6 +65,12 @@ def publish_data_docs(result: IngestResult) -> None:
     result.data_docs = publish_or_warn(result.db_path, result.run_id, result.validations)
 
 
+def data_docs_link(key: str, index: Path) -> None:
+    """A link artifact to the Great Expectations Data Docs (ebr/contracts/docs.py) once they exist."""
+    if index.is_file():
+        create_link_artifact(key=key, link=index.as_uri(), link_text="Data Docs", description=str(index))
+
+
 def contracts_markdown(result: IngestResult) -> str:
     """The contract results of a run as a markdown report: failed expectations with sample reasons."""
     lines = [f"# Ingestion {result.run_id}: {result.status}", ""]
@@ -107,12 +113,7 @@ def report_task(result: IngestResult, run_dir: str, dataset: str) -> None:
         description=f"Contract results of {result.run_id}",
     )
     if result.data_docs:
-        create_link_artifact(
-            key="ingest-data-docs",
-            link=Path(result.data_docs).as_uri(),
-            link_text="Data Docs",
-            description=f"Great Expectations Data Docs of the database (run {result.run_id})",
-        )
+        data_docs_link("ingest-data-docs", Path(result.data_docs))
     report = summary | {"contracts": result.contracts}
     atomic_write_text(Path(run_dir) / "report.json", json.dumps(report, indent=2, default=str) + "\n")
 

@@ -24,7 +24,6 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from prefect import flow, task
 from prefect.artifacts import (
-    create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -39,7 +38,7 @@ from ebr.config import config_from_container, load_config
 from ebr.contracts.docs import data_docs_index
 from ebr.evaluation import plots
 from ebr.evaluation.gate import GateFailedError, GateResult
-from ebr.flows.ingest import ingest_with_docs, io_failure
+from ebr.flows.ingest import data_docs_link, ingest_with_docs, io_failure
 from ebr.io import atomic_write_text
 from ebr.runners import Shards, open_shards
 from ebr.runs import start_run
@@ -117,12 +116,6 @@ def mine_task(cfg: DictConfig, run_dir: Path, features: Any, run_id: str, shards
     training = {m: i["training"] for m, i in summary["models"].items() if "training" in i}
     picture(plots.loss_curves(training, run_dir / "pictures" / "loss-mined.png"), "Loss per epoch (mined)")
     return summary
-
-
-def data_docs_link(key: str, index: Path) -> None:
-    """A link artifact to the Great Expectations Data Docs (ebr/contracts/docs.py) once they exist."""
-    if index.is_file():
-        create_link_artifact(key=key, link=index.as_uri(), link_text="Data Docs", description=str(index))
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

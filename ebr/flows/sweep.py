@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -29,10 +29,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from ebr import home
+from ebr.evaluation import plots
 from ebr.flows.retrain import picture
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -105,39 +103,6 @@ def comparison_markdown(table: pd.DataFrame, model: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(table: pd.DataFrame, model: str) -> Figure:
-    """recall@10 against margin, one panel per vertical on one shared y-axis, one line per easy:hard ratio;
-    with several seeds the line is their mean and a band spans their min to max."""
-    from matplotlib.figure import Figure
-
-    data = table[table["model"] == model]
-    verticals = sorted(data["vertical"].unique())
-    seeds = data["seed"].nunique()
-    fig = Figure(figsize=(4 * len(verticals), 3.5))
-    axes = fig.subplots(1, len(verticals), squeeze=False, sharey=True)[0]
-    for ax, vertical in zip(axes, verticals, strict=True):
-        part = data[data["vertical"] == vertical]
-        for ratio, line in part.groupby("easy_hard_ratio"):
-            stats = line.groupby("margin")["recall_at_10"].agg(["mean", "min", "max"]).sort_index()
-            (drawn,) = ax.plot(stats.index, stats["mean"], marker="o", label=f"easy:hard {ratio:g}")
-            if seeds > 1:
-                ax.fill_between(stats.index, stats["min"], stats["max"], color=drawn.get_color(), alpha=0.2)
-        ax.set_title(vertical)
-        ax.set_xlabel("margin")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("recall@10" + (f" (mean, min-max of {seeds} seeds)" if seeds > 1 else ""))
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"Sweep: {model}")
-    fig.tight_layout()
-    return fig
-
-
-def plot(table: pd.DataFrame, model: str, path: Path) -> Path:
-    """`figure` written to `path` as a PNG (a pyplot-free Figure: no backend or global state)."""
-    figure(table, model).savefig(path, dpi=100)
-    return path
-
-
 def store(table: pd.DataFrame) -> None:
     """Append the sweep's rows to `sweep_results` in the DuckDB of each job's dataset."""
     for dataset, rows in table.groupby("dataset"):
@@ -158,7 +123,7 @@ def sweep_summary(rows: list[dict[str, Any]], sweep_dir: str, model: str) -> str
     model = model if model in set(table["model"]) else table["model"].iloc[0]
     markdown = comparison_markdown(table, model)
     (out / "sweep.md").write_text(markdown)
-    png = plot(table, model, out / "sweep-recall.png")
+    png = plots.sweep_recall(table, model, out / "sweep-recall.png")
     store(table)
     create_markdown_artifact(key="sweep-comparison", markdown=markdown, description=str(out))
     picture(png, f"Sweep {out.name}: recall@10 of {model} per vertical against margin")

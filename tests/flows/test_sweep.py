@@ -12,8 +12,10 @@ import pytest
 
 from ebr import home
 from ebr.evaluation.gate import GateConfig, GateFailedError, evaluate_gate
+from ebr.evaluation.plots import sweep_figure as figure
+from ebr.evaluation.plots import sweep_recall as plot
 from ebr.flows.retrain import check_verdict, report_metric
-from ebr.flows.sweep import comparison_markdown, figure, job_rows, plot, store, sweep_arguments, sweep_labels
+from ebr.flows.sweep import comparison_markdown, job_rows, store, sweep_arguments, sweep_labels
 
 GRID_ARGV = ["-m", "experiment=smoke", "model.margin=0.1,0.3", "mining.easy_hard_ratio=10,100"]
 
