@@ -28,7 +28,7 @@ def resolve_dataset(name: str | None, must_exist: bool = True) -> str:
     if name is None:
         from ebr.config import load_config
 
-        name = str(load_config().data.dataset)
+        name = str(load_config(config_name="data/default").data.dataset)  # the data group alone
     try:
         home.check_dataset(name)
     except ValueError as e:
