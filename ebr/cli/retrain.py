@@ -48,10 +48,9 @@ def command(
     if multirun and (as_json or no_publish or resume or cfg_part):
         raise click.UsageError("-m runs a Hydra sweep: give its options as overrides (e.g. publish=true)")
     cfg = compose(overrides, sweep=multirun)
-    if resume and not (home.runs_dir(str(cfg.data.dataset)) / resume).is_dir():
-        raise click.BadParameter(
-            f"no run {resume} in {home.runs_dir(str(cfg.data.dataset))}", param_hint="--resume"
-        )
+    runs = home.runs_dir(str(cfg.data.dataset))
+    if resume and not (runs / resume).is_dir():
+        raise click.BadParameter(f"no run {resume} in {runs}", param_hint="--resume")
     if cfg_part:
         from omegaconf import OmegaConf
 

@@ -127,8 +127,7 @@ class Context(BaseModel):
 
 
 class SearchBody(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
+    model_config = STRICT | ConfigDict(
         json_schema_extra={
             "examples": [
                 {"vertical": "people", "query_text": "john smith", "limit": 10},
@@ -148,8 +147,7 @@ class SearchBody(BaseModel):
 
 
 class DocumentBody(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
+    model_config = STRICT | ConfigDict(
         json_schema_extra={
             "examples": [{"doc_id": 42, "terms": ["vertical:people", "text:john", ["quality:static", 0.8]]}]
         },
