@@ -99,6 +99,15 @@ class PlannerCosts:
 
 
 @dataclass
+class StagesConfig:
+    """Which of a version's stages run at serving (ebr/retrieval/stages.py); a request may override."""
+
+    query_policy: bool = MISSING
+    relevance_filter: bool = MISSING
+    ranker: bool = MISSING
+
+
+@dataclass
 class EngineConfig:
     """The engine's settings (ebr/retrieval/config.py checks the values)."""
 
@@ -110,6 +119,7 @@ class EngineConfig:
     default_vertical: str | None = None
     templates: dict[str, str] = field(default_factory=dict)
     planner: PlannerCosts = MISSING
+    stages: StagesConfig = MISSING
 
     @property
     def default_limit(self) -> int:

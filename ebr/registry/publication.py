@@ -232,6 +232,23 @@ def stage_version(
     return json.loads((folder / registry.MANIFEST).read_text())  # as stored (numpy values made JSON)
 
 
+def add_stage(folder: Path, name: str, source: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Add a stage (ebr/retrieval/stages.py) to the staged candidate in `folder`: a copy of the folder
+    `source` as stages/<name>/ and `summary` as the manifest's `stages.<name>`, with every file's checksum;
+    a stage of that name staged before is replaced. Returns the manifest as stored."""
+    manifest = json.loads((folder / registry.MANIFEST).read_text())
+    if manifest.get("version"):
+        raise ValueError(f"{folder}: version {manifest['version']} is published; stages go into a candidate")
+    target = folder / "stages" / name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+    manifest["stages"] = dict(manifest.get("stages") or {}) | {name: dict(summary)}
+    manifest.pop("files", None)
+    registry.write_manifest(folder, manifest)
+    fsync_tree(folder)
+    return json.loads((folder / registry.MANIFEST).read_text())
+
+
 def _new_version(con: duckdb.DuckDBPyConnection, dataset: str, version: str | None) -> tuple[str, Path]:
     """The name (the next free one when None) and folder of a version about to be published."""
     version = version or catalogue.next_version(con, dataset)

@@ -470,3 +470,37 @@ def vector_nodes(node: Node) -> list[NN | Rerank]:
     order."""
     own: list[NN | Rerank] = [node] if isinstance(node, (NN, Rerank)) else []
     return own + [n for c in children(node) for n in vector_nodes(c)]
+
+
+NOTHING = Or(())  # matches no document
+
+
+def matches_nothing(node: Node) -> bool:
+    """An (or) without children: what an nn-free rewrite or an empty `$anytext` leaves."""
+    return isinstance(node, Or) and not node.children
+
+
+def without_nn(node: Node) -> Node:
+    """The expression as term matching alone would answer it: every (nn) matches nothing and every (rerank)
+    keeps its child's order; simplified (an (or) drops the children that match nothing, an (and) with one
+    such child matches nothing, a (not) of nothing is dropped from its (and)). `NOTHING` when no term part is
+    left."""
+    if isinstance(node, NN):
+        return NOTHING
+    if isinstance(node, Rerank):
+        return without_nn(node.child)
+    if isinstance(node, Or):
+        kept = tuple(c for c in (without_nn(c) for c in node.children) if not matches_nothing(c))
+        return replace(node, children=kept) if kept else NOTHING
+    if isinstance(node, And):
+        parts = [without_nn(c) for c in node.children]
+        if any(matches_nothing(p) for p in parts):
+            return NOTHING
+        kept = tuple(p for p in parts if not (isinstance(p, Not) and matches_nothing(p.child)))
+        return replace(node, children=kept) if kept else node  # only (not (nn)): left as it was
+    if isinstance(node, Fuse):
+        child = without_nn(node.child)
+        return NOTHING if matches_nothing(child) else replace(node, child=child)
+    if isinstance(node, Not):
+        return replace(node, child=without_nn(node.child))
+    return node

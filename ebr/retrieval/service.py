@@ -35,6 +35,7 @@ from ebr.retrieval.documents import unit_vector
 from ebr.retrieval.executor import ORDERS, ExecutionError, Hits, check_executable
 from ebr.retrieval.query import Node, QueryError, expand_text, parse_cached, vector_nodes
 from ebr.retrieval.retrievers import RetrieverSpec, index_queries
+from ebr.retrieval.stages import ORDER, Retrieved, load_stages, take
 from ebr.retrieval.store import Engine
 from ebr.retrieval.terms import term_value
 
@@ -60,14 +61,17 @@ class SearchRequest:
     vector: Sequence[float] | Mapping[str, Sequence[float]] | None = None  # explicit query embedding(s)
     limit: int | None = None
     order: str | None = None
+    stages: Mapping[str, bool] = field(default_factory=dict)  # per stage name: run it (engine.stages else)
 
 
 @dataclass
 class SearchResponse:
     version: str
-    expr: str  # the expression that ran (template filled, $text expanded)
+    expr: str  # the expression that ran (template filled, $text expanded, after the query policy)
     hits: Hits
     took_ms: float
+    stages: list[str] = field(default_factory=list)  # the version's stages that ran, in order
+    nn_skipped: bool = False  # the query policy dropped the expression's (nn) part
 
     def to_dict(self, explain: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -76,6 +80,8 @@ class SearchResponse:
             "total": self.hits.total,
             "took_ms": round(self.took_ms, 3),
             "results": self.hits.as_dicts(),
+            "stages": list(self.stages),
+            "nn_skipped": self.nn_skipped,
         }
         if explain:
             out["nn"] = [vars(s) for s in self.hits.nn]
@@ -109,6 +115,7 @@ class SearchService:
         self._inflight = 0
         self._retired = False
         self._state_lock = threading.Lock()
+        self.stages = load_stages(version_dir, manifest)  # name -> stage (ebr/retrieval/stages.py)
 
     @classmethod
     def open(
@@ -318,8 +325,10 @@ class SearchService:
     def search_many(
         self, requests: Sequence[SearchRequest], timeout_s: float | None = None
     ) -> list[SearchResponse]:
-        """Answer requests in order; queries of the same tower are encoded together. `timeout_s` bounds the
-        whole call from its start (parsing, expansion and embedding included): the engine stops at it."""
+        """Answer requests in order: the query policy, the engine, then the relevance filter and the ranker
+        (the version's stages that are on); queries of the same tower are encoded together. `timeout_s`
+        bounds the whole call from its start (parsing, expansion and embedding included): the engine stops
+        at it."""
         started = time.monotonic()
         deadline = None if timeout_s is None else started + timeout_s
         plans = []
@@ -330,16 +339,27 @@ class SearchService:
             order = request.order or self.config.order
             if order not in ORDERS:
                 raise SearchError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
-            plans.append((self.expression(request), limit, order))
+            unknown = sorted(set(request.stages) - set(ORDER))
+            if unknown:
+                raise SearchError(f"unknown stage {unknown[0]!r} (stages: {', '.join(ORDER)})")
+            on = [n for n in self.stages if request.stages.get(n, getattr(self.config.stages, n))]
+            root = self.expression(request)
+            asked = len(vector_nodes(root))
+            if "query_policy" in on:
+                root = self.stages["query_policy"].select(request, root)
+            plans.append((root, limit, order, on, len(vector_nodes(root)) < asked))
         vectors = self.query_vectors([p[0] for p in plans], requests)
         encoded_ms = 1000 * (time.monotonic() - started) / max(len(requests), 1)
         out = []
-        for (root, limit, order), request, query_vectors in zip(plans, requests, vectors, strict=True):
+        for (root, limit, order, on, skipped), request, query_vectors in zip(
+            plans, requests, vectors, strict=True
+        ):
             begun = time.monotonic()
+            wanted = max([limit] + [self.stages[n].candidates for n in on if n != "query_policy"])
             hits = self.engine.search(
                 root,
                 query_vectors,
-                limit=limit,
+                limit=wanted,
                 order=order,
                 deadline=deadline,
                 costs=self.config.planner,
@@ -347,7 +367,18 @@ class SearchService:
                 bm25=self.config.bm25,
             )
             took = encoded_ms + 1000 * (time.monotonic() - begun)
-            out.append(SearchResponse(self.version, str(root), hits, took))
+            out.append(SearchResponse(self.version, str(root), hits, took, on, skipped))
+        for name in ORDER[1:]:  # the stages after retrieval, each on the batch of requests that runs it
+            rows = [i for i, r in enumerate(out) if name in r.stages]
+            if not rows:
+                continue
+            begun = time.monotonic()
+            batch = [Retrieved(requests[i], plans[i][0], out[i].hits, vectors[i]) for i in rows]
+            for i, hits in zip(rows, self.stages[name].apply(self, batch), strict=True):
+                out[i].hits = hits
+                out[i].took_ms += 1000 * (time.monotonic() - begun) / len(rows)
+        for response, plan in zip(out, plans, strict=True):
+            response.hits = take(response.hits, slice(plan[1]))  # the limit, once the stages ran
         return out
 
 
