@@ -40,7 +40,9 @@ class Retrieved:
     request: SearchRequest
     root: Node  # the expression that ran (after the query policy)
     hits: Hits  # the engine's hits, at most `candidates` of them
-    vectors: Mapping[str, np.ndarray]  # the unit query embedding per (nn) / (rerank) key of `root`
+    # the unit query embedding per (nn) / (rerank) key of `root`: none for a key the policy dropped (the
+    # embedding is not computed then; a stage that wants it gives such requests missing values)
+    vectors: Mapping[str, np.ndarray]
 
 
 class QueryStage(Protocol):
