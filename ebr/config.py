@@ -59,6 +59,18 @@ class StoreConfig:
 
 
 @dataclass
+class ServedLogConfig:
+    """The log of served EBR results (ebr/ranking/served_log.py): on/off, sampling, segments, flushes."""
+
+    enabled: bool = MISSING
+    sample_rate: float = MISSING
+    segment_records: int = MISSING
+    flush_records: int = MISSING
+    flush_s: float = MISSING
+    queue_records: int = MISSING
+
+
+@dataclass
 class HttpConfig:
     """The HTTP API: binding, deadlines, admission, size limits and authentication."""
 
@@ -75,6 +87,7 @@ class HttpConfig:
     auth_search: bool = MISSING
     allow_unauthenticated_writes: bool = MISSING
     token_file: str | None = None  # else $EBR_API_TOKEN
+    log_results: ServedLogConfig = MISSING
 
 
 @dataclass
@@ -366,6 +379,49 @@ class IndexConfig:
 
 
 @dataclass
+class IndexSelectionConfig:
+    """Which documents enter the (nn) fields (ebr/selection/documents.py): per vertical a read-only SQL query
+    over the dataset's DuckDB tables returning a doc_id column; a vertical not listed (or null): every one."""
+
+    verticals: dict[str, str | None] = MISSING
+
+
+@dataclass
+class RepeatClickRule:
+    enabled: bool = MISSING
+
+
+@dataclass
+class LengthRule:
+    """A query matches when it has at least `min_tokens` tokens and at most `max_chars` characters (None: no
+    bound); `matched` (skip | keep) is what the nn part of a matching query gets, the others get the other."""
+
+    enabled: bool = MISSING
+    min_tokens: int | None = None
+    max_chars: int | None = None
+    matched: str = MISSING
+
+
+@dataclass
+class QueryClassifierRule:
+    enabled: bool = MISSING
+    threshold: float = MISSING  # skip the nn part when P(nn finds a click term matching misses) < threshold
+    c: float = MISSING  # inverse L2 regularisation of the logistic regression
+    holdout: float = MISSING  # share of the training requests held out for the reported AUC / accuracy
+    max_requests: int = MISSING  # training requests replayed at most (a seeded sample)
+
+
+@dataclass
+class QuerySelectionConfig:
+    """The query selection policy (ebr/selection/queries.py): its rules, combined (skip if any says skip)."""
+
+    k: int = MISSING  # results per request a click must be in to count as found (the classifier's labels)
+    repeat_click: RepeatClickRule = MISSING
+    length: LengthRule = MISSING
+    classifier: QueryClassifierRule = MISSING
+
+
+@dataclass
 class CalibrationConfig:
     """What each vertical serves and how its template is calibrated (ebr/retrieval/calibration.py)."""
 
@@ -407,12 +463,21 @@ class GcConfig:
 
 
 @dataclass
+class GateNdcg:
+    """The gate's NDCG@k of the final list (after the ranker) and its rule against the published version."""
+
+    k: int = MISSING
+    tolerance: float | None = MISSING  # null: reported, not checked
+
+
+@dataclass
 class GateSchema:
     sessions: str = MISSING
     k: int = MISSING
     floor: float = MISSING
     tolerance: float = MISSING
     baselines: GateBaselines = MISSING
+    ndcg: GateNdcg = MISSING
     verticals: dict[str, Any] = field(default_factory=dict)  # name -> GateVertical (checked by the gate)
 
 
@@ -449,6 +514,58 @@ class RunnerConfig:
 
 
 @dataclass
+class RaterSimulation:
+    """RATER SIMULATION (ebr/ranking/raters.py): raters of a simulated world judge by its hidden intents."""
+
+    error_rate: float = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class RelevanceFilterConfig:
+    """The relevance filter of EBR results (ebr/ranking/relevance.py): features, threshold, LightGBM."""
+
+    variant: str = MISSING
+    target_recall: float = MISSING
+    holdout_share: float = MISSING
+    min_labels: int = MISSING
+    candidates: int = MISSING
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FeedbackConfig:
+    """The rater feedback loop (docs/feedback.md): rating budget and sample, raters, the filter."""
+
+    budget: int = MISSING
+    seed: int = MISSING
+    relevant_label: float = MISSING
+    replay_part: str = MISSING
+    raters: RaterSimulation = MISSING
+    filter: RelevanceFilterConfig = MISSING
+
+
+@dataclass
+class RankingConfig:
+    """The ranking stage (ebr/ranking/ranker.py, docs/ranking.md): LightGBM lambdarank over the candidates."""
+
+    enabled: bool = MISSING
+    variant: str = MISSING  # the embedding feature shipped: none | cosine | hadamard | raw
+    compare: list[str] = MISSING  # the variants trained and reported side by side (the artifact)
+    candidates: int = MISSING  # hits retrieved per request for the ranker
+    train_part: str = MISSING
+    report_part: str = MISSING
+    max_requests: int = MISSING
+    valid_share: float = MISSING
+    batch_size: int = MISSING
+    rounds: int = MISSING
+    early_stopping: int = MISSING
+    num_threads: int = MISSING
+    seed: int = MISSING
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class RetrainConfig:
     data: DataConfig = MISSING
     features: FeaturesConfig = MISSING
@@ -458,10 +575,14 @@ class RetrainConfig:
     eval: EvalConfig = MISSING
     ensemble: EnsembleConfig = MISSING
     index: IndexConfig = MISSING
+    index_selection: IndexSelectionConfig = MISSING
+    query_selection: QuerySelectionConfig = MISSING
     serving: CalibrationConfig = MISSING
     gate: GateSchema = MISSING
     ingest: IngestSchema = MISSING
     runner: RunnerConfig = MISSING
+    feedback: FeedbackConfig = MISSING
+    ranking: RankingConfig = MISSING
     seed: int = MISSING
     optimized_metric: str | None = None
     publish: bool | None = None
@@ -476,10 +597,14 @@ SCHEMAS = {
     "eval": EvalConfig,
     "ensemble": EnsembleConfig,
     "index": IndexConfig,
+    "index_selection": IndexSelectionConfig,
+    "query_selection": QuerySelectionConfig,
     "serving": CalibrationConfig,
     "gate": GateSchema,
     "ingest": IngestSchema,
     "runner": RunnerConfig,
+    "feedback": FeedbackConfig,
+    "ranking": RankingConfig,
 }
 
 

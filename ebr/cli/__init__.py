@@ -62,6 +62,7 @@ def compose(overrides: Sequence[str], config_name: str = "retrain", sweep: bool 
 def _register() -> None:
     from ebr.cli import (
         datasets,
+        feedback,
         gc,
         ingest,
         mine,
@@ -88,6 +89,7 @@ def _register() -> None:
         gc,
         datasets,
         quarantine,
+        feedback,
     ):
         main.add_command(module.command)
 

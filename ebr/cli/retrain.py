@@ -71,13 +71,14 @@ def _run(overrides: tuple[str, ...], as_json: bool, no_publish: bool, resume: st
     from ebr.flows.retrain import retrain
     from ebr.ingestion.errors import IngestError
     from ebr.logs import stdout_to_stderr
+    from ebr.selection.documents import IndexSelectionError
 
     with stdout_to_stderr(as_json), temporary_api():  # the API dies with this command
         try:
             report = retrain(publish=not no_publish, resume=resume, overrides=list(overrides))
         except GateFailedError as exc:  # the flow run failed: its gate failed a run meant to publish
             report = exc.report
-        except IngestError as exc:  # bad input (a failed contract, key conflicts): its one line
+        except (IngestError, IndexSelectionError) as exc:  # bad input (a contract, a predicate): one line
             raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({k: v for k, v in report.items() if k != "config"}, default=str))

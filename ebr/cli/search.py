@@ -82,6 +82,17 @@ def _read_vector(vector: str | None, vector_file: Path | None) -> Any:
 @click.option(
     "--order", type=click.Choice(["score", "doc_id"]), default=None, help="Result order [default: score]."
 )
+@click.option(
+    "--stage",
+    "stage_switches",
+    multiple=True,
+    metavar="NAME=on|off",
+    help="Run a stage of the version or not (query_policy, relevance_filter, ranker; repeatable) "
+    "[default: engine.stages, all on].",
+)
+@click.option(
+    "--no-rank", is_flag=True, help="The retrieval order: the version's ranker off (--stage ranker=off)."
+)
 @dataset_option
 @click.option("--json", "as_json", is_flag=True, help='Print a JSON list of {"doc_id", "score"}.')
 @click.option(
@@ -101,6 +112,8 @@ def command(
     vector_file: Path | None,
     limit: int | None,
     order: str | None,
+    stage_switches: tuple[str, ...],
+    no_rank: bool,
     dataset: str | None,
     as_json: bool,
     explain: bool,
@@ -135,6 +148,7 @@ def command(
         vector=_read_vector(vector, vector_file),
         limit=limit,
         order=order,
+        stages=_stages(stage_switches, no_rank),
     )
     try:
         service = SearchService.open_served(config, writable=False, dataset=resolve_dataset(dataset))
@@ -158,6 +172,24 @@ def command(
         return
     click.echo(f"version {response.version}: {response.hits.total} matches, {response.took_ms:.1f} ms")
     click.echo(f"expr: {response.expr}")
+    if response.stages:
+        skipped = " (nn skipped by the query policy)" if response.nn_skipped else ""
+        click.echo(f"stages: {', '.join(response.stages)}{skipped}")
     for rank, (r, doc) in enumerate(zip(results, shown, strict=True), 1):
         score = "-" if r["score"] is None else f"{r['score']:.4f}"
         click.echo(f"{rank:>4}  {r['doc_id']:>12}  {score:>7}  {doc['title'] or ''}")
+
+
+def _stages(switches: tuple[str, ...], no_rank: bool) -> dict[str, bool]:
+    """--stage NAME=on|off and --no-rank as a request's stages."""
+    from ebr.retrieval.stages import ORDER
+
+    out: dict[str, bool] = {}
+    for switch in switches:
+        name, _, value = switch.partition("=")
+        if name not in ORDER or value not in ("on", "off"):
+            raise click.BadParameter(
+                f"{switch!r}: give NAME=on|off with NAME one of {', '.join(ORDER)}", param_hint="--stage"
+            )
+        out[name] = value == "on"
+    return out | ({"ranker": False} if no_rank else {})

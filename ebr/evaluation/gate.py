@@ -6,6 +6,10 @@ its recall@K (measured exactly as it would be served) reaches
   bm25       the BM25 baseline on the same sessions (through the same engine), minus its margin,
   text       the text tower on the same sessions (its exact top-K), minus its margin.
 
+and its NDCG@k of the final list (after the version's ranker, clicks as grade 1) reaches the published
+version's minus `ndcg.tolerance` (the rule `ndcg`; reported without a published version or with the
+tolerance null).
+
 A vertical without gate sessions is reported, not failed. The rules take numbers or callables, so they are
 tested without any model; ebr/steps/gate.py measures the candidate, the published version and the baselines.
 """
@@ -44,6 +48,8 @@ class GateConfig:
     tolerance: float
     margins: dict[str, float | None] = field(default_factory=dict)
     sessions: str = "tune"
+    ndcg_k: int = 10  # NDCG@k of the final list, reported per vertical
+    ndcg_tolerance: float | None = None  # None: the ndcg rule is off (reported only)
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any], verticals: Sequence[str] | None = None) -> GateConfig:
@@ -69,7 +75,12 @@ class GateConfig:
         sessions = str(cfg.get("sessions", "tune"))
         if sessions not in ("tune", "evaluate"):
             raise ValueError(f"gate.sessions must be tune or evaluate, got {sessions!r}")
-        return cls(rules, float(cfg["tolerance"]), margins, sessions)
+        ndcg = dict(cfg.get("ndcg") or {})
+        ndcg_k = int(ndcg.get("k", cls.ndcg_k))
+        if ndcg_k < 1:
+            raise ValueError(f"gate.ndcg.k must be >= 1, got {ndcg_k}")
+        tolerance = None if ndcg.get("tolerance") is None else float(ndcg["tolerance"])
+        return cls(rules, float(cfg["tolerance"]), margins, sessions, ndcg_k, tolerance)
 
 
 @dataclass
@@ -77,7 +88,7 @@ class Check:
     """One rule on one vertical: its value, its threshold and the sessions it was measured on."""
 
     vertical: str
-    rule: str  # sessions | floor | published | bm25 | text
+    rule: str  # sessions | floor | published | bm25 | text | ndcg
     metric: str  # e.g. recall@50
     value: float | None
     threshold: float | None
@@ -94,6 +105,9 @@ class GateResult:
     checks: list[Check]
     published_version: str | None = None
     sessions: dict[str, int] = field(default_factory=dict)
+    # per vertical, when the candidate has a query policy: the share of requests whose (nn) part it skipped,
+    # recall@K and NDCG as served (policy on, what the rules judge) and with the policy off; reported only
+    query_policy: dict[str, dict[str, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +133,18 @@ class GateResult:
                 f"| {c.vertical} | {c.rule} | {c.metric} | {c.sessions} | {_fmt(c.value)} | "
                 f"{_fmt(c.baseline)} | {_fmt(c.threshold)} | {verdict} |"
             )
+        if self.query_policy:
+            lines += [
+                "",
+                "Query policy (reported, not judged: the rules above measure it on):",
+                "",
+                "| vertical | nn skipped | recall, policy on | recall, policy off | ndcg, on | ndcg, off |",
+                "| --- | ---: | ---: | ---: | ---: | ---: |",
+            ]
+            for vertical, p in self.query_policy.items():
+                values = [p[k] for k in ("recall", "recall_policy_off", "ndcg", "ndcg_policy_off")]
+                shown = " | ".join(map(_fmt, values))
+                lines.append(f"| {vertical} | {p['nn_skipped']:.1%} | {shown} |")
         return "\n".join(lines) + "\n"
 
 
@@ -178,6 +204,21 @@ def _vertical_checks(
     return checks
 
 
+def _ndcg_check(vertical: str, value: float, published: float | None, cfg: GateConfig, n: int) -> Check:
+    """The rule `ndcg`: the candidate's NDCG@k >= the published version's - ndcg.tolerance (or reported)."""
+    metric = f"ndcg@{cfg.ndcg_k}"
+    head = f"vertical={vertical} {metric}={value:.4f}"
+    if published is None or cfg.ndcg_tolerance is None:
+        return Check(vertical, "ndcg", metric, value, None, n, True, f"{head} (reported)", published)
+    threshold = published - cfg.ndcg_tolerance
+    ok = value >= threshold
+    reason = (
+        f"{head} {'>=' if ok else '<'} published {published:.4f} - tolerance {cfg.ndcg_tolerance:.4f} = "
+        f"{threshold:.4f}"
+    )
+    return Check(vertical, "ndcg", metric, value, threshold, n, ok, reason, published)
+
+
 def evaluate_gate(
     candidate: Measurement,
     published: Measurement | None,
@@ -185,11 +226,14 @@ def evaluate_gate(
     published_version: str | None = None,
     sessions: Mapping[str, int] | None = None,
     baselines: Mapping[str, Measurement] | None = None,
+    ndcg: Mapping[str, float] | None = None,
+    published_ndcg: Mapping[str, float] | None = None,
 ) -> GateResult:
     """Check every vertical of `cfg`. Measurements give recall@K per vertical, as a mapping {vertical: value}
     measured at that vertical's K or a callable (vertical, k) -> value; a vertical the candidate has no value
     for has no gate sessions (reported, not failed). `published` is None when nothing is served; `baselines`
-    maps bm25 / text to their measurements (a missing one: its rule is not checked)."""
+    maps bm25 / text to their measurements (a missing one: its rule is not checked); `ndcg` and
+    `published_ndcg` give NDCG@k of the final lists per vertical (the rule `ndcg`)."""
     checks: list[Check] = []
     counts = dict(sessions or {})
     for vertical, rule in cfg.verticals.items():
@@ -206,6 +250,8 @@ def evaluate_gate(
         base = {name: _value(m, vertical, rule.k) for name, m in (baselines or {}).items()}
         old = _value(published, vertical, rule.k)
         checks += _vertical_checks(vertical, rule, value, old, published_version, base, cfg, n)
+        if ndcg and vertical in ndcg:
+            checks.append(_ndcg_check(vertical, ndcg[vertical], (published_ndcg or {}).get(vertical), cfg, n))
     failed = [c for c in checks if not c.passed]
     measured = [c for c in checks if c.rule != "sessions"]
     if failed:

@@ -4,7 +4,8 @@
 
 The deployments' defaults and parameters are the flow's, described in its run form (the flow's `Args:`);
 each run reads and writes its dataset (`-p dataset=NAME`; by default the source's own: `-p scale=tiny` is
-sim-tiny-s7). The nightly deployment is created paused (opt in with its toggle in the UI)."""
+sim-tiny-s7). The nightly deployment is created paused (opt in with its toggle in the UI). `feedback/feedback`
+(manual) rates served EBR results (ebr/flows/feedback.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 
 from prefect import serve
 
+from ebr.flows.feedback import feedback
 from ebr.flows.retrain import retrain
 
 
@@ -30,7 +32,11 @@ def main(argv: list[str] | None = None) -> None:
     nightly = retrain.to_deployment(
         name="nightly", cron=args.cron, paused=True, description="Nightly retrain; created paused (opt in)."
     )
-    serve(manual, nightly, limit=args.limit)
+    rating = feedback.to_deployment(
+        name="feedback",
+        description="Rate served EBR results: load the log, sample tasks, rate (docs/feedback.md).",
+    )
+    serve(manual, nightly, rating, limit=args.limit)
 
 
 if __name__ == "__main__":

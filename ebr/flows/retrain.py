@@ -49,8 +49,11 @@ from ebr.steps.gate import run_gate
 from ebr.steps.logs import world_dir
 from ebr.steps.mine import mine_and_train
 from ebr.steps.publish import publish_candidate
-from ebr.steps.resume import run_step
-from ebr.steps.serving import choose_serving
+from ebr.steps.query_policy import policy_markdown, train_query_policy
+from ebr.steps.ranker import ranker_markdown, train_ranker
+from ebr.steps.relevance import filter_markdown, train_relevance_filter
+from ebr.steps.resume import keep_stage, run_step
+from ebr.steps.serving import choose_serving, index_selection
 from ebr.steps.train import train_models
 
 log = logging.getLogger(__name__)
@@ -189,6 +192,63 @@ def serving_task(
         description="Per vertical: the retriever served and its template, calibrated through the engine on "
         "the tuning sessions (recall against the model's exact top-K, share of documents scanned)",
     )
+    if selection := summary.get("index_selection"):  # absent in a serving step finished before it existed
+        create_table_artifact(
+            key="index-selection",
+            table=[{"vertical": v} | c for v, c in selection["verticals"].items()],
+            description="Per vertical: the index selection predicate (conf/index_selection) and the "
+            "documents in the (nn) fields of the candidate, of all the vertical's documents",
+        )
+    return summary
+
+
+@task(name="query-policy", cache_policy=NO_CACHE)
+def query_policy_task(cfg: DictConfig, run_dir: Path, features: Any, serving: dict) -> dict[str, Any]:
+    def body(out: Path) -> dict[str, Any]:
+        db_path = home.db_path(cfg.data.dataset)
+        return train_query_policy(cfg, db_path, features, Path(serving["candidate"]), out)
+
+    summary = run_step(run_dir, "query_policy", body)
+    keep_stage(Path(serving["candidate"]), "query_policy", run_dir / "query_policy" / "stage", summary)
+    create_markdown_artifact(
+        key="query-policy",
+        markdown=policy_markdown(summary),
+        description="Query selection: the rules on, trained on the train sessions, staged with the candidate",
+    )
+    return summary
+
+
+@task(name="ranker", cache_policy=NO_CACHE)
+def ranker_task(cfg: DictConfig, run_dir: Path, features: Any, serving: dict) -> dict[str, Any]:
+    def body(out: Path) -> dict[str, Any]:
+        db_path = home.db_path(cfg.data.dataset)
+        return train_ranker(cfg, db_path, features, Path(serving["candidate"]), out)
+
+    summary = run_step(run_dir, "ranker", body)
+    keep_stage(Path(serving["candidate"]), "ranker", run_dir / "ranker" / "stage", summary)
+    create_markdown_artifact(
+        key="ranker",
+        markdown=ranker_markdown(summary),
+        description="Ranking stage: lambdarank on the train sessions' clicks, NDCG@10 per embedding variant",
+    )
+    return summary
+
+
+@task(name="relevance-filter", cache_policy=NO_CACHE)
+def relevance_filter_task(cfg: DictConfig, run_dir: Path, serving: dict) -> dict[str, Any]:
+    def body(out: Path) -> dict[str, Any]:
+        db_path = home.db_path(cfg.data.dataset)
+        return train_relevance_filter(cfg, db_path, Path(serving["candidate"]), out)
+
+    summary = run_step(run_dir, "relevance_filter", body)
+    keep_stage(
+        Path(serving["candidate"]), "relevance_filter", run_dir / "relevance_filter" / "stage", summary
+    )
+    create_markdown_artifact(
+        key="relevance-filter",
+        markdown=filter_markdown(summary),
+        description="Relevance filter of EBR results: LightGBM on rater labels, threshold at target recall",
+    )
     return summary
 
 
@@ -307,6 +367,7 @@ def _run_retrain(cfg: DictConfig, publish: bool, run_id: str | None) -> dict[str
         logs = logs_task(cfg, run.path, shards)
         report["ingest"] = ingest_task(cfg, run.path, logs["logs_dir"], run.run_id)
         features = features_for(cfg, home.db_path(dataset))
+        index_selection(cfg, home.db_path(dataset), features)  # a bad predicate fails before training
         report["split"] = features.split.summary()
         report["features"] = features.stats
         trained = train_task(cfg, run.path, features, shards)
@@ -324,6 +385,9 @@ def _run_retrain(cfg: DictConfig, publish: bool, run_id: str | None) -> dict[str
         serving = serving_task(cfg, run.path, features, models, ensembles, evaluation, run.run_id, shards)
         report["serving"] = serving["serving"]
         report["calibration"] = serving["calibration"]
+        report["query_policy"] = query_policy_task(cfg, run.path, features, serving)
+        report["ranker"] = ranker_task(cfg, run.path, features, serving)
+        report["relevance_filter"] = relevance_filter_task(cfg, run.path, serving)
         gate = gate_task(cfg, run.path, features, models, serving, shards)
     report["gate"] = {"passed": gate.passed, "reason": gate.reason, "checks": gate.to_dict()["checks"]}
     try:

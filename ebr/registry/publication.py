@@ -66,6 +66,7 @@ class VersionPieces:
     serving: Mapping[str, Any] = field(default_factory=dict)  # per vertical: retriever and expression
     build_engine: EngineBuilder | None = None  # writes the engine folder (engine_dir, trained indexes)
     index_points: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # tuned point per index key
+    index_selection: Mapping[str, Any] = field(default_factory=dict)  # predicates and counts per vertical
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,7 @@ def stage_version(
                 k: _index_summary(ix) | dict(pieces.index_points.get(k, {}))
                 for k, ix in pieces.indexes.items()
             },
+            "index_selection": dict(pieces.index_selection),  # ebr/selection/documents.py: Selection.summary
             "contents": contents,
             "n_docs": len(pieces.doc_ids),
             "metrics": dict(metrics),

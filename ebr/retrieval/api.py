@@ -39,6 +39,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from ebr.ranking.served_log import ServedLog
 from ebr.retrieval.config import EngineConfig
 from ebr.retrieval.documents import UpdateError
 from ebr.retrieval.executor import NNStats, QueryTimeoutError, RankingStats
@@ -116,6 +117,7 @@ def api_token(token_file: str | None) -> str | None:
 
 
 DocId = Annotated[int, Path(ge=-(2**63), lt=2**63, description="a 64-bit document id")]
+StageName = Literal["query_policy", "relevance_filter", "ranker"]  # ebr.retrieval.stages.ORDER
 
 
 class Context(BaseModel):
@@ -132,6 +134,7 @@ class SearchBody(BaseModel):
             "examples": [
                 {"vertical": "people", "query_text": "john smith", "limit": 10},
                 {"expr": "(and (term vertical:people) $text)", "query_text": "john", "explain": True},
+                {"vertical": "people", "query_text": "john smith", "stages": {"ranker": False}},
             ]
         },
     )
@@ -144,6 +147,11 @@ class SearchBody(BaseModel):
     limit: StrictInt | None = Field(None, ge=1)
     order: Literal["score", "doc_id"] | None = None
     explain: StrictBool = False
+    stages: dict[StageName, StrictBool] = Field(
+        default_factory=dict,
+        description="Per stage of the version: run it or not (omitted: engine.stages); e.g. {ranker: false} "
+        "for the retrieval order",
+    )
 
 
 class DocumentBody(BaseModel):
@@ -209,6 +217,8 @@ class SearchAnswer(BaseModel):
                     "total": 57,
                     "took_ms": 3.2,
                     "results": [{"doc_id": 1017, "score": 0.91, "title": "John Smith", "vertical": "people"}],
+                    "stages": ["ranker"],
+                    "nn_skipped": False,
                 }
             ]
         }
@@ -218,6 +228,8 @@ class SearchAnswer(BaseModel):
     total: int = Field(description="Matches before the limit")
     took_ms: float
     results: list[SearchResult]
+    stages: list[StageName] = Field(description="The version's stages that ran, in order")
+    nn_skipped: bool = Field(description="The query selection policy dropped the expression's (nn) part")
     nn: list[NNStats] | None = Field(None, description="With explain: how each nn ran")
     ranking: list[RankingStats] | None = Field(None, description="With explain: the ranking operators")
 
@@ -290,6 +302,7 @@ def create_app(
         if dataset is None:
             raise TypeError("create_app: give the dataset to serve, or a swapper")
         swapper = HotSwapper(config, dataset)
+    served = ServedLog.for_dataset(config.serving.log_results, getattr(swapper, "dataset", None))  # rating
     timeout = config.serving.request_timeout_s
     max_dims = config.serving.max_vector_dims
     token = api_token(config.serving.token_file)
@@ -332,6 +345,7 @@ def create_app(
             yield
         finally:
             swapper.stop()
+            served.close()
 
     app = FastAPIOffline(
         title="EBR retrieval engine",
@@ -463,6 +477,7 @@ def create_app(
             vector=vector,
             limit=body.limit,
             order=body.order,
+            stages=dict(body.stages),
         )
 
         def run() -> SearchAnswer:
@@ -473,7 +488,9 @@ def create_app(
                         f"({', '.join(service.verticals) or 'none'})"
                     )
                 left = max(deadline - time.monotonic(), 0.0)  # parsing and reading the body included
-                answer = service.search(request, timeout_s=left).to_dict(explain=body.explain)
+                response = service.search(request, timeout_s=left)
+                served.record(service, request, response)  # queued for the served-results log; never fails
+                answer = response.to_dict(explain=body.explain)
                 shown = service.describe([r["doc_id"] for r in answer["results"]])
                 answer["results"] = [r | d for r, d in zip(answer["results"], shown, strict=True)]
                 return SearchAnswer(**answer)

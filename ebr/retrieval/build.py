@@ -5,7 +5,9 @@ index's trained quantisers (the codes the ANN tuner measured: quantisation is de
 engine's internal ids (row numbers of doc_ids.npy), with a hashtable direct map so realtime updates can
 remove them. The engine's `nn/<key>.faiss` is then the version's only copy of each quantised index. An
 optional `payloads` column of documents.parquet, aligned with `terms`, gives the terms' payloads (e.g. the
-frequencies of `text:` terms).
+frequencies of `text:` terms). An optional boolean `nn_indexed` column says which documents enter the nn
+fields (index selection, ebr/selection/documents.py; absent: every document): the others are indexed by
+their terms only. It is a rule of this batch build: a document added later with an embedding enters them.
 """
 
 from __future__ import annotations
@@ -34,10 +36,14 @@ def build_engine_index(
     doc_terms: Sequence[TermsInput],
     embeddings: Mapping[str, np.ndarray],
     trained: Mapping[str, faiss.Index],
+    selected: np.ndarray | None = None,
 ) -> EngineIndex:
     """An in-memory engine index: internal id = row; `doc_terms` as `EngineIndex.from_documents` takes them
-    (with payloads or not); `trained[key]` quantises `embeddings[key]`."""
+    (with payloads or not); `trained[key]` quantises the rows of `embeddings[key]` that `selected` (a bool
+    per row; None: every row) marks."""
     doc_ids = np.asarray(doc_ids, dtype=np.int64)
+    if selected is not None and (selected.dtype != bool or selected.shape != doc_ids.shape):
+        raise ValueError(f"selected must be a bool per doc id, got {selected.dtype} {selected.shape}")
     fields = {}
     for key in sorted(trained):
         if key not in embeddings:
@@ -52,7 +58,12 @@ def build_engine_index(
             block = np.ascontiguousarray(matrix[start : start + ADD_BLOCK], dtype=np.float32)
             if not np.all(np.isfinite(block)):
                 raise ValueError(f"embeddings[{key!r}] has NaN or infinite values near row {start}")
-            nn_field.add(np.arange(start, start + len(block), dtype=np.int64), block)
+            rows = np.arange(start, start + len(block), dtype=np.int64)
+            if selected is not None:
+                keep = selected[start : start + len(block)]
+                rows, block = rows[keep], block[keep]
+            if len(rows):
+                nn_field.add(rows, block)
         fields[key] = nn_field
     return EngineIndex.from_documents(doc_ids, doc_terms, fields)
 
@@ -75,6 +86,19 @@ def read_document_terms(path: Path, doc_ids: np.ndarray) -> list[list[str | tupl
     return rows
 
 
+def read_nn_indexed(path: Path, doc_ids: np.ndarray) -> np.ndarray | None:
+    """The optional `nn_indexed` column of documents.parquet in the order of `doc_ids` (None without it)."""
+    if "nn_indexed" not in pq.read_schema(path).names:
+        return None
+    table = pq.read_table(path, columns=["doc_id", "nn_indexed"])
+    flags = table.column("nn_indexed").to_numpy(zero_copy_only=False)
+    if flags.dtype != bool:
+        raise ValueError(f"{path}: nn_indexed must be boolean without nulls, got {flags.dtype}")
+    rows = np.argsort(table.column("doc_id").to_numpy())
+    place = rows[np.searchsorted(table.column("doc_id").to_numpy(), doc_ids, sorter=rows)]
+    return flags[place]
+
+
 def _paired(terms: list[str], payloads: list[float] | None, where: str) -> list[str | tuple[str, float]]:
     """Terms with their payloads as (term, payload) pairs (no payloads, or NaN: a plain term)."""
     if payloads is None:
@@ -95,19 +119,21 @@ def build_engine(engine_dir: Path, trained: Mapping[str, faiss.Index]) -> Path:
     version_dir = engine_dir.parent
     doc_ids = np.load(version_dir / "doc_ids.npy")
     doc_terms = read_document_terms(version_dir / "documents.parquet", doc_ids)
+    selected = read_nn_indexed(version_dir / "documents.parquet", doc_ids)
     embeddings = {
         key: np.load(version_dir / "embeddings" / f"{key}.npy", mmap_mode="r")
         for key in trained
         if (version_dir / "embeddings" / f"{key}.npy").is_file()
     }
-    index = build_engine_index(doc_ids, doc_terms, embeddings, trained)
+    index = build_engine_index(doc_ids, doc_terms, embeddings, trained, selected)
     engine_dir.mkdir(parents=True, exist_ok=True)
     if any(engine_dir.iterdir()):
         raise FileExistsError(f"{engine_dir}: not empty; an engine folder is written once")
     index.save(engine_dir)
     log.info(
-        "engine index: %d documents, %d terms, keys %s in %.1fs",
+        "engine index: %d documents (%d in the nn fields), %d terms, keys %s in %.1fs",
         index.live_count,
+        index.live_count if selected is None else int(selected.sum()),
         len(index.terms),
         sorted(index.fields),
         time.perf_counter() - started,

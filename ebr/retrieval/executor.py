@@ -162,6 +162,24 @@ def execute(
     return Hits(doc_ids[ranking], scores[ranking], total=len(ids), nn=run.stats, ranking=run.ranking)
 
 
+def match_mask(
+    index: IndexReader, root: Node, doc_ids: np.ndarray, vectors: Mapping[str, np.ndarray] | None = None
+) -> np.ndarray:
+    """Boolean mask: which of `doc_ids` match `root` as a set (its ranking operators at the root re-score
+    and are ignored), evaluated within those documents only (the cost follows len(doc_ids) and the postings
+    met, never the whole index); documents not live never match."""
+    while isinstance(root, (Fuse, Rerank)):
+        root = root.child
+    wanted = np.asarray(doc_ids, dtype=np.int64)
+    internal = np.array([-1 if (i := index.internal_id(int(d))) is None else i for d in wanted], np.int64)
+    allowed = np.unique(internal[internal >= 0])
+    if len(allowed) == 0:
+        return np.zeros(len(wanted), dtype=bool)
+    run = _Run(index, vectors or {}, None, engine_defaults().planner, None, engine_defaults().bm25)
+    matched = run.eval(root, allowed)
+    return (internal >= 0) & member_mask(internal, matched)
+
+
 def _rank(doc_ids: np.ndarray, scores: np.ndarray, order: str, limit: int | None) -> np.ndarray:
     """Positions of the results in order, cut to `limit`: best score first (NaN last), ties by doc id."""
     if order == "doc_id":

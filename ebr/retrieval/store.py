@@ -57,7 +57,7 @@ from ebr.retrieval.documents import (
     UpdateError,
     check_doc_id,
 )
-from ebr.retrieval.executor import Hits, execute
+from ebr.retrieval.executor import Hits, execute, match_mask
 from ebr.retrieval.index import EngineIndex
 from ebr.retrieval.query import Node
 
@@ -395,6 +395,11 @@ class Engine:
                 query_text=query_text,
                 bm25=bm25,
             )
+
+    def matches(self, root: Node, doc_ids: np.ndarray) -> np.ndarray:
+        """Which of `doc_ids` match `root` (executor.match_mask), under the read lock."""
+        with self._rw.read():
+            return match_mask(self.index, root, doc_ids)
 
     def document(self, doc_id: int) -> dict[str, Any] | None:
         """A live document's terms, their payloads (terms that carry one) and embedding keys, or None."""

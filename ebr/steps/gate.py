@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from ebr import registry
 from ebr.evaluation.gate import GateConfig, GateResult, evaluate_gate, write_gate_report
 from ebr.models.features import FeatureSet
+from ebr.ranking.ranker import ndcg_of_lists
 from ebr.retrieval.calibration import Sessions, recall
 from ebr.retrieval.config import EngineConfig, load_engine_config
 from ebr.retrieval.retrievers import bm25_expression, single
@@ -34,9 +35,15 @@ def served_recall(
     sessions: Mapping[str, Sessions],
     cfg: GateConfig,
     expr: Callable[[str], str] | None = None,
+    ndcg: dict[str, float] | None = None,
+    stages: Mapping[str, bool] | None = None,
+    skipped: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """recall@K per vertical of `service` answering the sessions' requests (with `expr(vertical)` instead of
-    the version's own expression, when given); verticals it serves no expression for are left out."""
+    the version's own expression, when given); verticals it serves no expression for are left out. `ndcg`,
+    when given, receives NDCG@gate.ndcg.k of the same final lists per vertical. `stages` turns stages on or
+    off for every request (`SearchRequest.stages`); `skipped`, when given, receives per vertical the share of
+    requests whose (nn) part the query policy skipped."""
     out = {}
     for vertical, s in sessions.items():
         rule = cfg.verticals.get(vertical)
@@ -46,13 +53,24 @@ def served_recall(
             replace(r, vertical=vertical, limit=rule.k, expr=expr(vertical) if expr else None)
             for r in s.requests
         ]
-        found = [response.hits.doc_ids for response in service.search_many(asked)]
+        if stages is not None:
+            asked = [replace(r, stages=dict(stages)) for r in asked]
+        responses = service.search_many(asked)
+        found = [response.hits.doc_ids for response in responses]
+        if skipped is not None:
+            skipped[vertical] = sum(r.nn_skipped for r in responses) / len(responses)
         out[vertical] = recall(found, s.targets, rule.k)
+        if ndcg is not None:
+            ndcg[vertical] = ndcg_of_lists(found, s.targets, cfg.ndcg_k)
     return out
 
 
 def published_recall(
-    sessions: Mapping[str, Sessions], cfg: GateConfig, engine: EngineConfig, dataset: str
+    sessions: Mapping[str, Sessions],
+    cfg: GateConfig,
+    engine: EngineConfig,
+    dataset: str,
+    ndcg: dict[str, float] | None = None,
 ) -> tuple[str, dict[str, float]] | None:
     """(version served for `dataset`, its recall per vertical on `sessions`), or None when nothing is
     served. The served version is verified against its manifest first (CorruptVersionError names the bad
@@ -62,7 +80,7 @@ def published_recall(
     version_dir = registry.served_version_dir(dataset, verify=False)
     service = SearchService.open(version_dir, engine, writable=False, dataset=dataset)
     try:
-        return service.version, served_recall(service, sessions, cfg)
+        return service.version, served_recall(service, sessions, cfg, ndcg=ndcg)
     finally:
         service.close()
 
@@ -83,14 +101,31 @@ def run_gate(
     engine = load_engine_config()
     service = SearchService.open(candidate, engine, writable=False, dataset=cfg.data.dataset)
     try:
-        measured = served_recall(service, sessions, gcfg)
+        ndcg: dict[str, float] = {}
+        skipped: dict[str, float] = {}
+        measured = served_recall(service, sessions, gcfg, ndcg=ndcg, skipped=skipped)
         bm25 = served_recall(service, sessions, gcfg, bm25_expression)
+        policy = None  # the query policy's effect, reported next to the rules (they judge it on)
+        if "query_policy" in service.stages:
+            off_ndcg: dict[str, float] = {}
+            off = served_recall(service, sessions, gcfg, ndcg=off_ndcg, stages={"query_policy": False})
+            policy = {
+                v: {
+                    "nn_skipped": skipped[v],
+                    "recall": measured[v],
+                    "recall_policy_off": off[v],
+                    "ndcg": ndcg[v],
+                    "ndcg_policy_off": off_ndcg[v],
+                }
+                for v in off
+            }
     finally:
         service.close()
     baselines: dict[str, dict[str, float]] = {"bm25": bm25}
     if "text" in models:
         baselines["text"] = _text_recall(features, models, gcfg, shards)
-    published = published_recall(sessions, gcfg, engine, cfg.data.dataset)
+    published_ndcg: dict[str, float] = {}
+    published = published_recall(sessions, gcfg, engine, cfg.data.dataset, published_ndcg)
     version, published_values = published if published is not None else (None, None)
     result = evaluate_gate(
         measured,
@@ -99,7 +134,10 @@ def run_gate(
         published_version=version,
         sessions={v: len(s.requests) for v, s in sessions.items()},
         baselines=baselines,
+        ndcg=ndcg,
+        published_ndcg=published_ndcg,
     )
+    result.query_policy = policy
     write_gate_report(result, out)
     return result
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ebr import registry
 from ebr.io import atomic_write_text
+from ebr.registry.publication import add_stage
 
 DONE = "done.json"
 
@@ -37,3 +39,16 @@ def run_step(run_dir: Path, step: str, body: Callable[[Path], dict[str, Any]]) -
     summary = body(out)
     atomic_write_text(out / DONE, json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def keep_stage(candidate: Path, name: str, folder: Path, summary: Mapping[str, Any]) -> None:
+    """A finished stage step (`folder`: its stage folder; none: the step staged nothing) whose candidate was
+    staged anew since (a resumed run re-ran `serving`) adds its stage to the new candidate again; a
+    candidate published since (moved away) or one that has the stage is left alone."""
+    manifest = candidate / registry.MANIFEST
+    if not folder.is_dir() or not manifest.is_file():
+        return
+    if name not in (json.loads(manifest.read_text()).get("stages") or {}):
+        add_stage(
+            candidate, name, folder, {k: v for k, v in summary.items() if k not in ("resumed", "trained")}
+        )

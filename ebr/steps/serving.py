@@ -10,6 +10,12 @@ version staged for the gate.
 3. stage the candidate (run_dir/serving/candidate) with only what the chosen templates read, its manifest's
    `serving` section holding each vertical's expression and calibration: the folder the gate measures and
    publication promotes.
+
+Index selection (conf/index_selection, ebr/selection/documents.py) is evaluated first: the pool and the
+candidate hold in their (nn) fields only the selected documents (documents.parquet's `nn_indexed`, the
+manifest's `index_selection`), and the exact references are taken over those, so calibration measures what
+is served. The quantisers stay those the ANN step trained on every document (the embedding space of the
+whole vertical, which documents added later are encoded in too).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from ebr.retrieval.retrievers import RetrieverSpec, expression, index_docs, inde
 from ebr.retrieval.service import SearchService
 from ebr.retrieval.terms import document_terms
 from ebr.runners import SERIAL, Shards
+from ebr.selection.documents import Selection, select_documents
 from ebr.steps.ensembles import clicked_rows, doc_vectors, index_keys, query_vectors
 from ebr.steps.sessions import session_requests
 
@@ -85,8 +92,10 @@ def pieces_for(
     index_dir: Path,
     operating_points: Mapping[str, Any],
     serving: Mapping[str, Any] | None = None,
+    selection: Selection | None = None,
 ) -> VersionPieces:
-    """A version serving `specs`: an (nn) field per key they search or re-rank with, their query towers."""
+    """A version serving `specs`: an (nn) field per key they search or re-rank with (holding the documents
+    `selection` marks; None: every one), their query towers."""
     docs = doc_vectors({k: v for k, v in models.items() if k in {m for s in specs for m in s.keys}})
     embeddings = dict(docs)
     for spec in specs:
@@ -95,7 +104,7 @@ def pieces_for(
     keys = index_keys(list(specs))
     return VersionPieces(
         doc_ids=features.doc_ids,
-        documents=documents,
+        documents=documents if selection is None else documents.assign(nn_indexed=selection.mask),
         embeddings={k: v for k, v in embeddings.items() if k in keys or k in docs},
         indexes={k: faiss.read_index(str(index_dir / f"{k}.faiss")) for k in keys},
         towers={k: Path(models[k]["tower"]) for k in sorted({m for s in specs for m in s.keys})},
@@ -103,7 +112,14 @@ def pieces_for(
         serving=dict(serving or {}),
         build_engine=build_engine,
         index_points={k: operating_points[k]["chosen"] for k in keys if k in operating_points},
+        index_selection=selection.summary() if selection is not None else {},
     )
+
+
+def index_selection(cfg: DictConfig, db_path: Path, features: FeatureSet) -> Selection:
+    """The documents entering the (nn) fields by `index_selection.verticals` (ebr/selection/documents.py)."""
+    verticals = np.asarray(features.verticals, dtype=object)[features.doc_vertical]
+    return select_documents(db_path, features.doc_ids, verticals, typed(cfg.index_selection).verticals)
 
 
 def _finite(value: Any) -> Any:
@@ -136,16 +152,18 @@ def references(
     k: int,
     part: str = "tune",
     shards: Shards = SERIAL,
+    selected: np.ndarray | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Exact top-k recall of every spec on the vertical's sessions of `part` (within the vertical's
-    documents), and per spec the cosine distances between those queries and their targets."""
+    documents that `selected` marks, None: all; a target outside them is a miss), and per spec the cosine
+    distances between those queries and their targets inside them."""
     code = features.verticals.index(vertical)
     rows = features.part_rows(part)
     rows = rows[features.session_vertical[rows] == code]
     targets = clicked_rows(features, rows)
     keep = [i for i, t in enumerate(targets) if len(t)]
     rows, targets = rows[keep], [targets[i] for i in keep]
-    pool = np.flatnonzero(features.doc_vertical == code)
+    pool = np.flatnonzero((features.doc_vertical == code) & (True if selected is None else selected))
     position = np.full(len(features.doc_ids), -1, np.int64)
     position[pool] = np.arange(len(pool))
     targets = [position[t] for t in targets]
@@ -158,7 +176,8 @@ def references(
             np.mean([np.isin(t, f[:k]).mean() for f, t in zip(found, targets, strict=True)])
         )
         q, d = index_queries(spec, queries), index_docs(spec, docs)
-        sims = np.concatenate([d[t] @ q[i] for i, t in enumerate(targets)]) if targets else np.empty(0)
+        inside = [d[t[t >= 0]] @ q[i] for i, t in enumerate(targets)]
+        sims = np.concatenate(inside) if inside else np.empty(0)
         distances[spec.name] = 1.0 - sims
     return recall, distances
 
@@ -183,12 +202,12 @@ def choose_serving(
     forced = str(cfg.serving.serve)
     if forced != "best" and forced not in by_name:
         raise ValueError(f"serving.serve={forced!r} is not one of the evaluated retrievers {sorted(by_name)}")
+    selection = index_selection(cfg, db_path, features)
     documents = documents_with_terms(db_path, features)
     points = ensembles["operating_points"]
     specs = [s for s in specs if all(k in points for k in index_keys([s]))]  # servable: their keys tuned
-    _restage(
-        out / "pool", pieces_for(features, documents, models, specs, index_dir, points), run_id, cfg, db_path
-    )
+    pool = pieces_for(features, documents, models, specs, index_dir, points, selection=selection)
+    _restage(out / "pool", pool, run_id, cfg, db_path)
     gate = GateConfig.from_mapping(OmegaConf.to_container(cfg.gate, resolve=True), features.verticals)
     sessions = session_requests(db_path, features, "tune")
     calibration: CalibrationConfig = typed(cfg.serving)
@@ -203,7 +222,9 @@ def choose_serving(
             if vertical not in sessions:
                 report[vertical] = {"calibrated": False, "reason": "no tuning sessions with clicks"}
                 continue
-            recall, distances = references(features, models, specs, vertical, k, shards=shards)
+            recall, distances = references(
+                features, models, specs, vertical, k, shards=shards, selected=selection.mask
+            )
             if forced != "best":
                 names = [forced]
             else:
@@ -249,7 +270,8 @@ def choose_serving(
             serving_verticals[vertical] = {"calibrated": True} | t.to_dict(tried=False)
     used = sorted({v["retriever"] for v in serving_verticals.values()})
     serving = {"default_vertical": _most_searched(features), "verticals": serving_verticals}
-    pieces = pieces_for(features, documents, models, [by_name[n] for n in used], index_dir, points, serving)
+    used_specs = [by_name[n] for n in used]
+    pieces = pieces_for(features, documents, models, used_specs, index_dir, points, serving, selection)
     metrics = _finite(
         {
             "recall": (evaluation or {}).get("recall"),
@@ -268,6 +290,7 @@ def choose_serving(
         "retrievers": used,
         "calibration": report,
         "tuning_sessions": {v: len(s.requests) for v, s in sessions.items()},
+        "index_selection": selection.summary(),
     }
 
 

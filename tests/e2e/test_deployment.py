@@ -33,6 +33,10 @@ EXPECTED_ARTIFACTS = {
     "recall-table",
     "ann-operating-points",
     "serving-templates",  # the templates calibrated through the engine
+    "query-policy",  # the stages trained around the engine before the gate (issue 15)
+    "ranker",
+    "relevance-filter",
+    "index-selection",
     "recall-gate",
     "publication",
     "progress-train-text",  # a progress artifact of a long step (the text tower's training)

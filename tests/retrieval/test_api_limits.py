@@ -46,6 +46,7 @@ class SlowSwapper:
         with self.lock:
             self.running -= 1
         answer = {"version": self.version, "expr": request.expr, "total": 0, "took_ms": 0.0, "results": []}
+        answer |= {"stages": [], "nn_skipped": False}
         return SimpleNamespace(to_dict=lambda explain: answer)
 
 
