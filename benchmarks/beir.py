@@ -60,15 +60,20 @@ def score(version_dir: Path, log_dir: Path, vertical: str, dataset: str) -> dict
     from ebr.retrieval.config import load_engine_config
     from ebr.retrieval.retrievers import bm25_expression
     from ebr.retrieval.service import SearchRequest, SearchService
+    from ebr.retrieval.stages import ORDER
 
     queries, qrels = read_split(log_dir, "test")
     sessions = list(queries)
     requests = [SearchRequest(vertical=vertical, query_text=queries[s], limit=100) for s in sessions]
     service = SearchService.open(version_dir, load_engine_config(), writable=False, dataset=dataset)
+    off = dict.fromkeys(ORDER, False)
+    runs = [("engine", None, {}), ("bm25 (engine)", bm25_expression(vertical), off)]
+    if service.stages:  # the version's stages (docs/engine.md): the engine's own order beside them
+        runs.insert(1, ("engine, stages off", None, off))
     out = {}
     try:
-        for name, expr in (("engine", None), ("bm25 (engine)", bm25_expression(vertical))):
-            asked = [SearchRequest(**(vars(r) | {"expr": expr})) for r in requests]
+        for name, expr, stages in runs:
+            asked = [SearchRequest(**(vars(r) | {"expr": expr, "stages": stages})) for r in requests]
             found = [r.hits.doc_ids.tolist() for r in service.search_many(asked)]
             out[name] = evaluate(qrels, dict(zip(sessions, found, strict=True)), ks=(10, 100))
         doc_ids = np.load(version_dir / "doc_ids.npy")

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import duckdb
 import numpy as np
 
 from ebr.retrieval.query import vector_nodes
@@ -117,6 +116,8 @@ class RankingContext:
     def from_db(cls, db_path: Path) -> RankingContext:
         """Read the documents, users, friendships and memberships of a dataset's DuckDB (the optional
         tables may be absent: their features are then 0 or NaN)."""
+        import duckdb  # building the look-ups only: serving loads them from context.npz
+
         with duckdb.connect(str(db_path), read_only=True) as con:
             tables = {
                 r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()

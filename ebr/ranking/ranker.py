@@ -7,10 +7,11 @@ otherwise; a request whose candidates hold no click teaches lambdarank nothing a
 lambdarank is the field's usual learning-to-rank objective (it optimises NDCG directly, handles NaN features
 and is deterministic with `deterministic` and a seed).
 
-A stage folder holds `model.txt` (LightGBM's text model), `ranker.json` (variant, feature names,
-candidates, threads) and `context.npz` (the context features' look-ups, ebr/ranking/features.py); the
-version's checksums cover them. Serving re-orders each request's candidates by the model's score (ties:
-the engine's order) and the hits' scores become the model's.
+A stage folder holds `trees.json` (the model as served: ebr/ranking/trees.py, no LightGBM import at
+serving), `model.txt` (LightGBM's text model of the same trees, for LightGBM's tools), `ranker.json`
+(variant, feature names, candidates, threads) and `context.npz` (the context features' look-ups,
+ebr/ranking/features.py); the version's checksums cover them. Serving re-orders each request's candidates
+by the model's score (ties: the engine's order) and the hits' scores become the model's.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import lightgbm as lgb
 import numpy as np
 
 from ebr.evaluation.metrics import ndcg_at_k
 from ebr.ranking.features import RankingContext, candidate_features, embedding_width, feature_names
+from ebr.ranking.trees import Forest
 from ebr.retrieval.executor import Hits
-from ebr.retrieval.stages import ORDER, Retrieved
+from ebr.retrieval.stages import ORDER, Retrieved, take
 
 if TYPE_CHECKING:
+    import lightgbm as lgb
+
     from ebr.retrieval.service import SearchRequest, SearchService
 
 MODEL_FILE = "model.txt"
@@ -41,12 +44,13 @@ STAGES_OFF = dict.fromkeys(ORDER, False)
 class Ranker:
     """A trained lambdarank model and what its features need; `apply` is the served stage."""
 
-    booster: lgb.Booster
+    model: Forest
     variant: str
     names: list[str]
     candidates: int
     num_threads: int
     context: RankingContext | None = None
+    booster: lgb.Booster | None = None  # the trained booster (training only: importances, model.txt)
 
     def scores(self, service: SearchService, batch: Sequence[Retrieved]) -> tuple[np.ndarray, np.ndarray]:
         """(model score of every hit of the batch, hits per request)."""
@@ -59,25 +63,31 @@ class Ranker:
             )
         if len(features.matrix) == 0:
             return np.zeros(0), features.groups
-        predicted = self.booster.predict(features.matrix, num_threads=self.num_threads)
-        return np.asarray(predicted, dtype=np.float64), features.groups
+        return self.model.predict(features.matrix), features.groups
 
     def apply(self, service: SearchService, batch: Sequence[Retrieved]) -> list[Hits]:
-        """Each request's hits re-ordered by the model's score, which becomes their score."""
-        scores, groups = self.scores(service, batch)
+        """Each request's first `candidates` hits re-ordered by the model's score, which becomes their score;
+        hits past them (a request's limit above `candidates`) follow in the engine's order with no score:
+        the model only ranks what it was trained on (the first `candidates` of the engine's order)."""
+        heads = [replace(r, hits=take(r.hits, slice(self.candidates))) for r in batch]
+        scores, groups = self.scores(service, heads)
         out, start = [], 0
         for retrieved, n in zip(batch, groups.tolist(), strict=True):
             mine = scores[start : start + n]
             start += n
             order = np.lexsort((np.arange(n), -mine))
             hits = retrieved.hits
-            out.append(Hits(hits.doc_ids[order], mine[order], hits.total, hits.nn, hits.ranking))
+            rest = np.full(len(hits.doc_ids) - n, np.nan)
+            doc_ids = np.concatenate([hits.doc_ids[:n][order], hits.doc_ids[n:]])
+            out.append(Hits(doc_ids, np.concatenate([mine[order], rest]), hits.total, hits.nn, hits.ranking))
         return out
 
     def save(self, folder: Path, extra: Mapping[str, Any] | None = None) -> None:
-        """Write model.txt, ranker.json and context.npz into `folder`."""
+        """Write trees.json, model.txt (when trained here), ranker.json and context.npz into `folder`."""
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / MODEL_FILE).write_text(self.booster.model_to_string())
+        self.model.save(folder)
+        if self.booster is not None:
+            (folder / MODEL_FILE).write_text(self.booster.model_to_string())
         meta = {
             "variant": self.variant,
             "features": self.names,
@@ -96,12 +106,12 @@ def load_ranker(folder: Path, summary: Mapping[str, Any]) -> Ranker:
     meta_path = folder / META_FILE
     try:
         meta = json.loads(meta_path.read_text())
-        booster = lgb.Booster(model_str=(folder / MODEL_FILE).read_text())
-    except (OSError, ValueError, lgb.basic.LightGBMError) as exc:
+        model = Forest.load(folder)
+    except (OSError, ValueError) as exc:
         raise ValueError(f"{folder}: not a ranker stage ({exc})") from exc
     context = RankingContext.load(folder) if meta.get("context") else None
     return Ranker(
-        booster,
+        model,
         str(meta["variant"]),
         [str(n) for n in meta["features"]],
         int(meta["candidates"]),
@@ -149,6 +159,8 @@ def train_booster(
     num_threads: int,
 ) -> lgb.Booster:
     """A lambdarank booster on (matrix, labels, group sizes), early-stopped on NDCG@10 of `valid`."""
+    import lightgbm as lgb  # training only: serving reads trees.json (LightGBM imports sklearn and pandas)
+
     settings = {
         "objective": "lambdarank",
         "metric": "ndcg",

@@ -11,7 +11,8 @@ the version does not retrieve as an EBR result is left out (counted). The labell
 sha256 of (seed, task id): `holdout_share` of them choose the threshold, the highest that keeps at least
 `target_recall` of the relevant held-out examples, the rest train the model.
 
-A stage folder holds `model.txt` (LightGBM's text model), `filter.json` (threshold, variant, feature names,
+A stage folder holds `trees.json` (the model, served without importing LightGBM: ebr/ranking/trees.py),
+`filter.json` (threshold, variant, feature names,
 candidates) and `context.npz` (the context features' look-ups); the version's checksums cover them.
 """
 
@@ -23,21 +24,22 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightgbm as lgb
 import numpy as np
-import pandas as pd
 
 from ebr.config import RelevanceFilterConfig
 from ebr.ranking.ebr_results import ebr_results
 from ebr.ranking.features import RankingContext, candidate_features, check_variant
 from ebr.ranking.ranker import retrieve
+from ebr.ranking.trees import Forest
 from ebr.retrieval.executor import Hits
 from ebr.retrieval.service import SearchRequest, SearchService
 from ebr.retrieval.stages import Retrieved, take
 
-MODEL_FILE = "model.txt"
+if TYPE_CHECKING:
+    import pandas as pd  # the rating tasks' frame (training only)
+
 META_FILE = "filter.json"
 NUM_THREADS = 1  # deterministic, and the filter's batches are small
 
@@ -46,7 +48,7 @@ NUM_THREADS = 1  # deterministic, and the filter's batches are small
 class RelevanceFilter:
     """A trained classifier of EBR results and its threshold; `apply` is the served stage."""
 
-    booster: lgb.Booster
+    model: Forest  # ebr/ranking/trees.py: served without importing LightGBM
     threshold: float
     variant: str
     names: list[str]
@@ -63,7 +65,7 @@ class RelevanceFilter:
             )
         if len(features.matrix) == 0:
             return np.zeros(0)
-        return np.asarray(self.booster.predict(features.matrix, num_threads=NUM_THREADS), dtype=np.float64)
+        return self.model.predict(features.matrix)
 
     def apply(self, service: SearchService, batch: Sequence[Retrieved]) -> list[Hits]:
         """Each request's hits without the EBR results whose P(relevant) < threshold (order kept)."""
@@ -84,9 +86,9 @@ class RelevanceFilter:
         return out
 
     def save(self, folder: Path, extra: Mapping[str, Any] | None = None) -> None:
-        """Write model.txt, filter.json and context.npz into `folder`."""
+        """Write trees.json, filter.json and context.npz into `folder`."""
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / MODEL_FILE).write_text(self.booster.model_to_string())
+        self.model.save(folder)
         meta = {
             "threshold": self.threshold,
             "variant": self.variant,
@@ -104,13 +106,13 @@ def load_filter(folder: Path, summary: Mapping[str, Any]) -> RelevanceFilter:
     or bad file."""
     try:
         meta = json.loads((folder / META_FILE).read_text())
-        booster = lgb.Booster(model_str=(folder / MODEL_FILE).read_text())
+        model = Forest.load(folder)
         threshold = float(meta["threshold"])
-    except (OSError, ValueError, KeyError, TypeError, lgb.basic.LightGBMError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{folder}: not a relevance filter stage ({exc})") from exc
     context = RankingContext.load(folder) if meta.get("context") else None
     return RelevanceFilter(
-        booster,
+        model,
         threshold,
         str(meta["variant"]),
         [str(n) for n in meta["features"]],
@@ -246,12 +248,14 @@ def train_filter(
     }
     params = dict(config.params)
     rounds = int(params.pop("n_estimators", 100))
+    import lightgbm as lgb  # training only: serving reads trees.json (LightGBM imports sklearn and pandas)
+
     data = lgb.Dataset(examples.matrix[~held], y[~held], feature_name=list(examples.names))
-    booster = lgb.train(settings | params, data, num_boost_round=rounds)
-    p = np.asarray(booster.predict(examples.matrix[held], num_threads=NUM_THREADS), dtype=np.float64)
+    model = Forest.from_booster(lgb.train(settings | params, data, num_boost_round=rounds))
+    p = model.predict(examples.matrix[held])
     threshold = recall_threshold(p, y[held], config.target_recall)
     trained = RelevanceFilter(
-        booster, threshold, config.variant, list(examples.names), config.candidates, context
+        model, threshold, config.variant, list(examples.names), config.candidates, context
     )
     summary = {
         "labels": int(len(y)),

@@ -22,6 +22,7 @@ from ebr.ranking.ranker import (
     train_booster,
     with_clicks,
 )
+from ebr.ranking.trees import Forest
 from ebr.registry.publication import add_stage
 from ebr.retrieval.config import load_engine_config
 from ebr.retrieval.service import SearchRequest, SearchService
@@ -156,7 +157,8 @@ def fit(
         rcfg.seed,
         rcfg.num_threads,
     )
-    return Ranker(booster, variant, names, rcfg.candidates, rcfg.num_threads, context)
+    model = Forest.from_booster(booster)
+    return Ranker(model, variant, names, rcfg.candidates, rcfg.num_threads, context, booster)
 
 
 def ranker_markdown(summary: Mapping[str, Any]) -> str:

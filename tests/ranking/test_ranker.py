@@ -71,17 +71,28 @@ def test_a_version_with_a_ranker_verifies_serves_and_rolls_back(
 
     monkeypatch.setattr(HotSwapper, "_open", cold_open)
     manifest = registry.verify_version(ranked_candidate)
-    assert {"stages/ranker/model.txt", "stages/ranker/ranker.json"} <= set(manifest["files"])
+    assert {"stages/ranker/trees.json", "stages/ranker/model.txt", "stages/ranker/ranker.json"} <= set(
+        manifest["files"]
+    )
     asked, clicks = requests(world, 30, seed=12)
     service = SearchService.open(ranked_candidate, load_engine_config(), writable=False, dataset=DATASET)
     try:
         ranked = service.search_many([replace(r, limit=10) for r in asked])
         plain = service.search_many([replace(r, limit=20, stages=STAGES_OFF) for r in asked])
         stage_ = service.stages["ranker"]
+        wide = service.search(replace(asked[0], limit=stage_.candidates + 5))
+        wide_plain = service.search(replace(asked[0], limit=stage_.candidates + 5, stages=STAGES_OFF))
         batch = retrieve(service, asked, stage_.candidates)
         scores, _ = stage_.scores(service, batch)
     finally:
         service.close()
+    # past its candidates the ranker keeps the engine's order, unscored: it ranks only what it was trained on
+    n = stage_.candidates
+    if len(wide_plain.hits.doc_ids) > n:
+        assert wide.hits.doc_ids[n:].tolist() == wide_plain.hits.doc_ids[n:].tolist()
+        assert np.isnan(wide.hits.scores[n:]).all() and set(wide.hits.doc_ids[:n]) == set(
+            wide_plain.hits.doc_ids[:n]
+        )
     start = 0
     for got, base, retrieved in zip(ranked, plain, batch, strict=True):
         assert got.stages == ["ranker"] and len(got.hits.doc_ids) == 10
@@ -123,9 +134,9 @@ def test_a_version_with_a_ranker_verifies_serves_and_rolls_back(
 
 
 def test_a_changed_model_file_fails_verification(ranked_candidate: Path) -> None:
-    model = ranked_candidate / "stages" / "ranker" / "model.txt"
-    model.write_text(model.read_text().replace("learning_rate", "learning_rate ", 1))
-    with pytest.raises(registry.CorruptVersionError, match="model.txt: checksum mismatch"):
+    model = ranked_candidate / "stages" / "ranker" / "trees.json"
+    model.write_text(model.read_text() + " ")
+    with pytest.raises(registry.CorruptVersionError, match="trees.json: checksum mismatch"):
         registry.verify_version(ranked_candidate)
     with pytest.raises(ValueError, match="not a ranker stage"):
         (ranked_candidate / "stages" / "ranker" / "ranker.json").write_text("{")

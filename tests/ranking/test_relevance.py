@@ -145,7 +145,7 @@ def test_a_version_with_a_filter_verifies_serves_and_rolls_back(candidate: Path,
     trained.save(tmp_path / "stage")
     publication.add_stage(second_dir, "relevance_filter", tmp_path / "stage", summary)
     manifest = registry.verify_version(second_dir)
-    assert "stages/relevance_filter/model.txt" in manifest["files"]
+    assert "stages/relevance_filter/trees.json" in manifest["files"]
     loaded = load_filter(second_dir / "stages" / "relevance_filter", manifest["stages"]["relevance_filter"])
     assert loaded.threshold == trained.threshold
     second = publication.promote(second_dir, {"passed": True, "reason": "test"}, "run-2", DATASET).version

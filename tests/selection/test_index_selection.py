@@ -4,11 +4,9 @@ still finds the others, the manifest records it, it verifies, and a document add
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
-import faiss
 import numpy as np
 import pandas as pd
 import pytest
@@ -36,14 +34,6 @@ UPCOMING = (
     "SELECT doc_id FROM documents WHERE vertical = 'events' AND event_time >= (SELECT max(ts) FROM sessions)"
 )
 POPULAR = "SELECT doc_id FROM documents WHERE vertical = 'groups' AND popularity > 10;"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread() -> Iterator[None]:
-    saved = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(saved)
 
 
 def tiny_log(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pandas as pd
 import pytest
@@ -48,14 +46,6 @@ from ebr.steps.resume import keep_stage
 DATASET = "test"
 N_DOCS = 240
 DOC_IDS = np.arange(N_DOCS, dtype=np.int64) + 100
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread() -> Iterator[None]:
-    saved = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(saved)
 
 
 def title(i: int) -> str:
