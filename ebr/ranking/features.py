@@ -305,9 +305,8 @@ def _title_keys(service: SearchService, doc_ids: np.ndarray) -> np.ndarray:
 def _version_titles(version_dir: str, sha: str) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow.parquet as pq
 
-    table = pq.read_table(Path(version_dir) / "documents.parquet", columns=["doc_id", "title"]).sort_by(
-        "doc_id"
-    )
+    path = Path(version_dir) / "documents.parquet"  # ParquetFile: read_table imports pandas (a cold search)
+    table = pq.ParquetFile(path).read(columns=["doc_id", "title"]).sort_by("doc_id")
     ids = np.asarray(table["doc_id"].to_pylist(), dtype=np.int64)
     return ids, np.array([text_key(t) for t in table["title"].to_pylist()], dtype=np.int64)
 

@@ -75,7 +75,8 @@ def train_ranker(
         summary = _train(rcfg, service, db_path, features, out)
     finally:
         service.close()
-    add_stage(candidate, STAGE, out / "stage", summary)
+    if summary["shipped"]:
+        add_stage(candidate, STAGE, out / "stage", summary)
     (out / "ranker.md").write_text(ranker_markdown(summary))
     return summary
 
@@ -124,8 +125,12 @@ def _train(
         "rounds": int(shipped.booster.best_iteration or shipped.booster.current_iteration()),
         "ndcg@10": {k: round(v, 4) for k, v in ndcg.items()},
         "importance": importance,
+        # shipped only when it beats the engine's order on the held-out report sessions (SciFact: a ranker
+        # learning from the sessions the towers trained on over-trusts their similarity, docs/ranking.md)
+        "shipped": not ndcg[rcfg.variant] <= ndcg["retrieval"],
     }
-    shipped.save(out / "stage", {"trained": summary})
+    if summary["shipped"]:
+        shipped.save(out / "stage", {"trained": summary})
     return summary
 
 
@@ -165,6 +170,12 @@ def ranker_markdown(summary: Mapping[str, Any]) -> str:
     """The step's artifact: NDCG@10 per variant on the report sessions and the shipped model's importances."""
     if not summary.get("enabled"):
         return "Ranking stage off (ranking.enabled=false): the version carries no ranker"
+    if not summary.get("shipped", True):
+        ndcg = summary["ndcg@10"]
+        return (
+            f"Ranker not shipped: NDCG@10 {ndcg[summary['variant']]} on the {summary['report_part']} "
+            f"sessions, not above the engine's order ({ndcg['retrieval']}); the version carries no ranker"
+        )
     lines = [
         f"Ranker: LightGBM lambdarank, variant **{summary['variant']}** shipped, {summary['candidates']} "
         f"candidates, {summary['train_requests']} training requests (+{summary['valid_requests']} for early "
