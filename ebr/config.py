@@ -56,6 +56,9 @@ class StoreConfig:
     compact_after_records: int = MISSING  # 0: only on request
     max_terms_per_doc: int = MISSING
     max_batch_changes: int = MISSING
+    mmap: bool = MISSING  # map snapshot files read-only (shared by processes) instead of reading them
+    shared: bool = MISSING  # several processes write one state: the lock is taken per write
+    lock_wait_s: float = MISSING  # shared: how long a write waits for the lock
 
 
 @dataclass
@@ -88,6 +91,8 @@ class HttpConfig:
     allow_unauthenticated_writes: bool = MISSING
     token_file: str | None = None  # else $EBR_API_TOKEN
     log_results: ServedLogConfig = MISSING
+    workers: int = MISSING  # server processes (`ebr serve --workers`); > 1: engine.store.shared in each
+    access_log: bool = MISSING  # one log line per request (uvicorn's access log)
 
 
 @dataclass
@@ -109,6 +114,7 @@ class PlannerCosts:
     bitmap_per_id: float = MISSING
     candidate_per_allowed: float = MISSING
     candidate_per_hit: float = MISSING
+    filter_cache_bytes: int = MISSING  # memory of the cached filter sets and their selectors (0: none)
 
 
 @dataclass
@@ -376,6 +382,12 @@ class IndexConfig:
     tuning_queries: int = MISSING
     seed: int = MISSING
     threads: int | None = None
+    share_coarse: bool = MISSING  # one coarse quantiser per nlist, shared by the schemes in its space
+    opq_iterations: int | None = None  # OPQ rotation/PQ alternations; None: faiss's default (50)
+    early_stop: bool = MISSING  # stop a scheme's nprobe sweep once its points can no longer be chosen
+    past_target: int = MISSING  # nprobes still measured after that (the front's report)
+    plateau: float = MISSING  # ... or once the accuracy rises by at most this from one nprobe to the next
+    scan_cost: dict[str, float] = MISSING  # relative cost per scanned code, per faiss IVF class
 
 
 @dataclass

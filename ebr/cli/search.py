@@ -170,7 +170,8 @@ def command(
     if as_json:
         click.echo(json.dumps(results))
         return
-    click.echo(f"version {response.version}: {response.hits.total} matches, {response.took_ms:.1f} ms")
+    total = f"{response.hits.total}" if response.hits.total_exact else f"at least {response.hits.total}"
+    click.echo(f"version {response.version}: {total} matches, {response.took_ms:.1f} ms")
     click.echo(f"expr: {response.expr}")
     if response.stages:
         skipped = " (nn skipped by the query policy)" if response.nn_skipped else ""

@@ -1,12 +1,14 @@
 """The served-results log: the EBR results of each sampled search (`ebr serve`, `ebr feedback --replay`), as
 append-only JSONL segments under the dataset's `served/`, and their loading into DuckDB's `served_results`.
 
-Writing (`ServedLog.record`) costs the request only the EBR mask of its hits (`ebr_results`, bounded by the
-hits) and a queue put: a background thread writes the lines in batches (`flush_records`, at least every
-`flush_s`) to `served/<started>-<pid>-<token>-<n>.jsonl.part`, renamed `.jsonl` once `segment_records`
-searches are in it or the log closes. A full queue drops the search (counted), a failed write is logged once
-and counted; neither fails the search. A `.part` segment of a process that died is closed (renamed) by the
-next log opened on the folder: its torn last line, if any, is quarantined at loading.
+Writing (`ServedLog.record`) costs the request only its sampling (a sha256) and a queue put: a background
+thread computes each search's line (the EBR mask of its hits, `ebr_results`, against the live documents
+then, the search's version kept open until it is done) and writes the lines in batches (`flush_records`, at
+least every `flush_s`) to `served/<started>-<pid>-<token>-<n>.jsonl.part`, renamed `.jsonl` once
+`segment_records` searches are in it or the log closes. A full queue drops the search (counted), a failed
+line or write is logged once and counted; neither fails the search. A `.part` segment of a process that
+died is closed (renamed) by the next log opened on the folder: its torn last line, if any, is quarantined
+at loading.
 
 One line per search with at least one EBR result (docs/log_schema.md, "Served EBR results"):
     {"ts", "version", "vertical", "expr", "query", "searcher_id", "context": {city, region, country,
@@ -136,7 +138,7 @@ class ServedLog:
         check_config(config)
         self.config = config
         self.folder = folder
-        self.logged = 0  # searches handed to the writer
+        self.logged = 0  # searches handed to the writer (a search without EBR results writes no line)
         self.written = 0  # lines written
         self.dropped = 0  # searches not logged: the queue was full, or the write failed
         self._seq = 0
@@ -165,13 +167,15 @@ class ServedLog:
             with self._lock:
                 self._seq += 1
                 key = f"{self._seq}:{request.vertical}:{request.query_text}"
-            if not sampled(key, self.config.sample_rate):
-                return
-            line = served_record(service, request, response)
-            if line is None:
+            if not sampled(key, self.config.sample_rate) or len(response.hits.doc_ids) == 0:
                 return
             self._start()
-            self._queue.put_nowait(line)
+            service.acquire()  # the writer computes the line: the version stays open until it is done
+            try:
+                self._queue.put_nowait((service, request, response, datetime.now(UTC)))
+            except BaseException:
+                service.release()
+                raise
             with self._lock:
                 self.logged += 1
         except queue.Full:
@@ -221,9 +225,25 @@ class ServedLog:
                     return
                 item.set()
                 continue
-            pending.append(item)
+            line = self._line(*item)
+            if line is not None:
+                pending.append(line)
             if len(pending) >= self.config.flush_records:
                 self._write(pending)
+
+    def _line(
+        self, service: SearchService, request: SearchRequest, response: SearchResponse, now: datetime
+    ) -> dict[str, Any] | None:
+        """The line of a queued search (None: no EBR result, or it failed: counted, logged once)."""
+        try:
+            return served_record(service, request, response, now)
+        except Exception as exc:
+            with self._lock:
+                self.dropped += 1
+            self._fail_once(f"cannot log a served search: {exc}")
+            return None
+        finally:
+            service.release()
 
     def _write(self, pending: list[dict[str, Any]]) -> None:
         try:

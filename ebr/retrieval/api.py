@@ -1,8 +1,12 @@
 """The HTTP API (FastAPI) over the served version: search, realtime document changes, health.
 
-Searches run in worker threads under a deadline (engine.serving.request_timeout_s): past it the request
-answers 504 and the executor stops at its next operator. Errors are JSON `ErrorBody`s
-{"detail": ..., "position": ...}, their status codes in `ERRORS`.
+Searches run in a bounded pool of worker threads under a deadline (engine.serving.request_timeout_s): past
+it the request answers 504 and the executor stops at its next operator. Errors are JSON `ErrorBody`s
+{"detail": ..., "position": ...}, their status codes in `ERRORS`. A well-formed POST /search (a body
+`SearchBody` validates, Content-Type application/json) is answered by `SearchFastPath` without FastAPI's
+routing, its answer serialised by orjson (`answer_json`: the response model's fields, not validated again);
+anything else goes to the FastAPI route, whose answers are the reference. `app_from_env` builds the app of
+each worker process of `ebr serve --workers N`.
 
 Every route has a response model and documents its error answers; results carry their title and vertical
 (`SearchService.describe`); `vertical` is, in /openapi.json, an enum of the served version's verticals
@@ -18,25 +22,35 @@ bool or string where a number is expected, vectors finite in float32 with a nonz
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hmac
 import json
-import math
 import os
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
-import anyio
 import numpy as np
+import orjson
 from fastapi import Body, Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+)
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ebr.ranking.served_log import ServedLog
@@ -46,14 +60,16 @@ from ebr.retrieval.executor import NNStats, QueryTimeoutError, RankingStats
 from ebr.retrieval.service import HotSwapper, SearchError, SearchRequest
 
 TOKEN_ENV = "EBR_API_TOKEN"
+APP_ENV = "EBR_SERVE_APP"  # `ebr serve --workers N`: {"dataset", "overrides", "workers"} of app_from_env
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _finite_vector(values: list[float]) -> list[float]:
     """A vector finite in float32 whose norm (float64, of the float32 values) is nonzero and finite."""
-    if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in values):
+    exact = np.asarray(values, dtype=np.float64)
+    if not (np.isfinite(exact).all() and (np.abs(exact) <= FLOAT32_MAX).all()):
         raise ValueError("values must be finite float32 numbers")
-    norm = float(np.linalg.norm(np.asarray(values, dtype=np.float32).astype(np.float64)))
+    norm = float(np.linalg.norm(exact.astype(np.float32).astype(np.float64)))
     if values and not 0.0 < norm <= FLOAT32_MAX:
         raise ValueError("the vector's norm must be nonzero and finite in float32")
     return values
@@ -103,6 +119,62 @@ class BodyLimit:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class SearchFastPath:
+    """ASGI middleware answering a well-formed POST /search without the framework's routing: a body that
+    `SearchBody` validates (the route's own model, strictly), Content-Type application/json, and the search
+    authorised, goes straight to `answer` (what the route runs); anything else (a bad body, a missing
+    token, ...) is replayed to the FastAPI route, whose answers (422, 401, ...) are the reference. Errors of
+    the search itself answer as the app's exception handlers do (`refusal`)."""
+
+    def __init__(self, app: Any, answer: Any, may_search: Any, refusal: Any):
+        self.app, self.answer, self.may_search, self.refusal = app, answer, may_search, refusal
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/search":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if kind != b"application/json" or not self.may_search(headers.get(b"authorization", b"")):
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # a disconnect (or a 413 already sent)
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            parsed = SearchBody.model_validate(orjson.loads(body))
+        except (orjson.JSONDecodeError, ValidationError):
+            return await self.app(scope, _replay(body, receive), send)
+        try:
+            content = await self.answer(parsed, scope["state"]["arrived"])
+        except Exception as exc:
+            response = self.refusal(exc)
+            if response is None:
+                raise
+            return await response(scope, receive, send)
+        length = str(len(content)).encode()
+        headers_out = [(b"content-type", b"application/json"), (b"content-length", length)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers_out})
+        await send({"type": "http.response.body", "body": content})
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """A `receive` that yields `body` once, then what `receive` yields (a disconnect)."""
+    sent = False
+
+    async def replayed() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
 
 
 def api_token(token_file: str | None) -> str | None:
@@ -226,12 +298,18 @@ class SearchAnswer(BaseModel):
     version: str
     expr: str = Field(description="The expression that ran (template filled, $text expanded)")
     total: int = Field(description="Matches before the limit")
+    total_exact: bool = Field(
+        True, description="False: `total` is a lower bound (the executor stopped counting)"
+    )
     took_ms: float
     results: list[SearchResult]
     stages: list[StageName] = Field(description="The version's stages that ran, in order")
     nn_skipped: bool = Field(description="The query selection policy dropped the expression's (nn) part")
     nn: list[NNStats] | None = Field(None, description="With explain: how each nn ran")
     ranking: list[RankingStats] | None = Field(None, description="With explain: the ranking operators")
+
+
+ANSWER_FIELDS = tuple(SearchAnswer.model_fields)
 
 
 class StoredDocument(BaseModel):
@@ -272,6 +350,14 @@ ERRORS = {
 }
 
 
+def answer_json(answer: dict[str, Any]) -> bytes:
+    """A search answer (plain values or numpy scalars) as the JSON of `SearchAnswer`: its fields only, in
+    its order, NaN as null, without validating the answer again (tests/retrieval/test_api_speed_paths.py)."""
+    return orjson.dumps(
+        {k: answer[k] for k in ANSWER_FIELDS if k in answer}, option=orjson.OPT_SERIALIZE_NUMPY
+    )
+
+
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The `responses=` of a route: each status code's ErrorBody and what it means."""
     return {code: {"model": ErrorBody, "description": ERRORS[code]} for code in codes}
@@ -309,14 +395,20 @@ def create_app(
     allow_open_writes = config.serving.allow_unauthenticated_writes
 
     def authorized(request: Request) -> bool:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return bearer_ok(request.headers.get("authorization", "").encode("latin-1"))
+
+    def bearer_ok(header: bytes) -> bool:
+        scheme, _, given = header.partition(b" ")
         return (
             token is not None
-            and scheme.lower() == "bearer"
-            and hmac.compare_digest(given.strip().encode(), token.encode())
+            and scheme.lower() == b"bearer"
+            and hmac.compare_digest(given.strip(), token.encode())
         )
 
-    def require_token(request: Request) -> None:
+    def may_search(header: bytes) -> bool:
+        return not (config.serving.auth_search and token is not None and not bearer_ok(header))
+
+    async def require_token(request: Request) -> None:
         if token is None and not allow_open_writes:
             raise SearchError(
                 f"writes are disabled: no API token configured (${TOKEN_ENV} or engine.serving.token_file)",
@@ -325,11 +417,11 @@ def create_app(
         if token is not None and not authorized(request):
             raise SearchError("a valid 'Authorization: Bearer <token>' header is needed", status=401)
 
-    def require_json(request: Request) -> None:
+    async def require_json(request: Request) -> None:
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             raise SearchError("the body must be Content-Type: application/json", status=415)
 
-    def search_auth(request: Request) -> None:
+    async def search_auth(request: Request) -> None:
         if config.serving.auth_search and token is not None and not authorized(request):
             raise SearchError("a valid 'Authorization: Bearer <token>' header is needed", status=401)
 
@@ -344,6 +436,8 @@ def create_app(
         try:
             yield
         finally:
+            for pool in list(executors):
+                executors.pop(pool).shutdown(wait=False)
             swapper.stop()
             served.close()
 
@@ -358,17 +452,34 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+    # (the handlers below are bound when the first request builds the middleware stack)
+    app.add_middleware(
+        SearchFastPath,
+        answer=lambda *args: answered(*args),
+        may_search=may_search,
+        refusal=lambda exc: refusal(exc),
+    )
     app.add_middleware(BodyLimit, max_bytes=config.serving.max_body_bytes)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.serving.allowed_hosts)
     app.state.swapper = swapper
 
+    def refusal(exc: Exception) -> JSONResponse | None:
+        """The answer to a SearchError, an UpdateError or a QueryTimeoutError (None: another error)."""
+        if isinstance(exc, SearchError):
+            body: dict[str, Any] = {"detail": str(exc)}
+            if exc.position is not None:
+                body["position"] = exc.position
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            return JSONResponse(body, status_code=exc.status, headers=headers)
+        if isinstance(exc, UpdateError):
+            return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+        if isinstance(exc, QueryTimeoutError):
+            return JSONResponse({"detail": f"search timed out after {timeout}s"}, status_code=504)
+        return None
+
     @app.exception_handler(SearchError)
-    async def _search_error(_: Request, exc: SearchError) -> JSONResponse:
-        body: dict[str, Any] = {"detail": str(exc)}
-        if exc.position is not None:
-            body["position"] = exc.position
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(body, status_code=exc.status, headers=headers)
+    async def _search_error(_: Request, exc: SearchError) -> JSONResponse | None:
+        return refusal(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -377,34 +488,33 @@ def create_app(
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(UpdateError)
-    async def _update_error(_: Request, exc: UpdateError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+    async def _update_error(_: Request, exc: UpdateError) -> JSONResponse | None:
+        return refusal(exc)
 
     @app.exception_handler(QueryTimeoutError)
-    async def _timeout(_: Request, exc: QueryTimeoutError) -> JSONResponse:
-        return JSONResponse({"detail": f"search timed out after {timeout}s"}, status_code=504)
+    async def _timeout(_: Request, exc: QueryTimeoutError) -> JSONResponse | None:
+        return refusal(exc)
 
     def check_vectors(vectors: list[Vector]) -> None:
         for v in vectors:
             if len(v) > max_dims:
                 raise SearchError(f"a vector has {len(v)} dimensions, the limit is {max_dims}", status=422)
 
-    # searches and writes run in their own bounded pools (not the one of sync endpoints such as /healthz);
-    # a slot is held until the work really ends, even past a 504, so a flood cannot pile up threads
-    pools = {
-        "search": (
-            threading.BoundedSemaphore(config.serving.max_concurrent_searches),
-            anyio.CapacityLimiter(config.serving.max_concurrent_searches),
-        ),
-        "write": (
-            threading.BoundedSemaphore(config.serving.max_concurrent_writes),
-            anyio.CapacityLimiter(config.serving.max_concurrent_writes),
-        ),
-    }
+    # searches and writes run in their own bounded thread pools (not the one of sync endpoints such as
+    # /healthz), as many threads as slots; a slot is held until the work really ends, even past a 504, so a
+    # flood cannot pile up threads
+    sizes = {"search": config.serving.max_concurrent_searches, "write": config.serving.max_concurrent_writes}
+    pools = {name: threading.BoundedSemaphore(size) for name, size in sizes.items()}
+    executors: dict[str, ThreadPoolExecutor] = {}
+
+    def executor(pool: str) -> ThreadPoolExecutor:
+        if pool not in executors:  # on the event loop's thread only
+            executors[pool] = ThreadPoolExecutor(sizes[pool], thread_name_prefix=f"ebr-{pool}")
+        return executors[pool]
 
     async def admitted(pool: str, fn: Any, deadline: float | None = None) -> Any:
         """`fn()` in a worker thread of `pool`, 503 at once when the pool is full, 504 past `deadline`."""
-        slots, limiter = pools[pool]
+        slots = pools[pool]
         if not slots.acquire(blocking=False):
             raise SearchError(f"busy: {pool} capacity is in use, retry later", status=503)
 
@@ -419,10 +529,11 @@ def create_app(
                 slots.release()
 
         try:
+            running = asyncio.get_running_loop().run_in_executor(executor(pool), work)
             if deadline is None:
-                return await anyio.to_thread.run_sync(work, limiter=limiter)
-            with anyio.fail_after(max(deadline - time.monotonic(), 0.0)):
-                return await anyio.to_thread.run_sync(work, limiter=limiter, abandon_on_cancel=True)
+                return await running
+            # past the deadline: TimeoutError (504), the work left to finish (the executor stops it)
+            return await asyncio.wait_for(running, max(deadline - time.monotonic(), 0.0))
         finally:
             if claimed.acquire(blocking=False):  # the work never started (cancelled waiting for a thread)
                 slots.release()
@@ -459,13 +570,18 @@ def create_app(
         dependencies=[Depends(search_auth)],
         tags=["search"],
         summary="Search the served version",
-        response_model_exclude_unset=True,
+        response_model=SearchAnswer,
         responses=errors(400, 401, 413, 422, 503, 504),
     )
-    async def search(body: SearchBody, http: Request) -> SearchAnswer:
+    async def search(body: SearchBody, http: Request) -> Response:
         """Runs `expr`, or the calibrated template of `vertical` (else the version's default vertical),
         with the query text's terms and embeddings; each result carries its title and vertical."""
-        deadline = http.state.arrived + timeout
+        return Response(await answered(body, http.state.arrived), media_type="application/json")
+
+    async def answered(body: SearchBody, arrived: float) -> bytes:
+        """The JSON answer of a search that arrived at `arrived` (time.monotonic()), in a worker thread of
+        the search pool; SearchError (its status) or QueryTimeoutError past the deadline (504)."""
+        deadline = arrived + timeout
         vector = body.vector
         check_vectors(list(vector.values()) if isinstance(vector, dict) else [vector] if vector else [])
         request = SearchRequest(
@@ -480,7 +596,7 @@ def create_app(
             stages=dict(body.stages),
         )
 
-        def run() -> SearchAnswer:
+        def run() -> bytes:
             with swapper.service() as service:
                 if body.vertical is not None and body.vertical not in service.verticals:
                     raise SearchError(
@@ -493,7 +609,7 @@ def create_app(
                 answer = response.to_dict(explain=body.explain)
                 shown = service.describe([r["doc_id"] for r in answer["results"]])
                 answer["results"] = [r | d for r, d in zip(answer["results"], shown, strict=True)]
-                return SearchAnswer(**answer)
+                return answer_json(answer)
 
         try:
             return await admitted("search", run, deadline)
@@ -583,3 +699,24 @@ def create_app(
         return await admitted("write", run)
 
     return app
+
+
+def served_overrides(overrides: list[str], workers: int) -> list[str]:
+    """The engine overrides of each of `workers` server processes: with more than one, engine.store.shared
+    (every process may write one state, a write taking the lock for its turn)."""
+    if workers == 1:
+        return overrides
+    return [*overrides, "engine.store.shared=true"]
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process of `ebr serve --workers N` (uvicorn's factory): the dataset and the
+    overrides the command was given, from $EBR_SERVE_APP."""
+    from ebr.retrieval.config import load_engine_config
+
+    try:
+        options = json.loads(os.environ[APP_ENV])
+        dataset, overrides, workers = options["dataset"], list(options["overrides"]), int(options["workers"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise RuntimeError(f"${APP_ENV} must hold the options of `ebr serve` ({exc})") from None
+    return create_app(load_engine_config(served_overrides(overrides, workers)), dataset=dataset)

@@ -2,12 +2,14 @@
 
 For every key with a trained index, the documents' embeddings `embeddings/<key>.npy` are quantised by that
 index's trained quantisers (the codes the ANN tuner measured: quantisation is deterministic) under the
-engine's internal ids (row numbers of doc_ids.npy), with a hashtable direct map so realtime updates can
-remove them. The engine's `nn/<key>.faiss` is then the version's only copy of each quantised index. An
-optional `payloads` column of documents.parquet, aligned with `terms`, gives the terms' payloads (e.g. the
-frequencies of `text:` terms). An optional boolean `nn_indexed` column says which documents enter the nn
-fields (index selection, ebr/selection/documents.py; absent: every document): the others are indexed by
-their terms only. It is a rule of this batch build: a document added later with an embedding enters them.
+engine's internal ids (row numbers of doc_ids.npy), with a hashtable direct map so realtime updates can remove
+them (fast-scan PQ lists have none: the field rebuilds a list to remove; see quantized.py for the code types
+served, checked before any document is added). The engine's `nn/<key>.faiss` is then the version's only copy
+of each quantised index. An optional `payloads` column of documents.parquet, aligned with `terms`, gives the
+terms' payloads (e.g. the frequencies of `text:` terms). An optional boolean `nn_indexed` column says which
+documents enter the nn fields (index selection, ebr/selection/documents.py; absent: every document): the
+others are indexed by their terms only. It is a rule of this batch build: a document added later with an
+embedding enters them.
 """
 
 from __future__ import annotations

@@ -45,6 +45,8 @@ def engine_config(cfg: DictConfig) -> EngineConfig:
         raise ValueError("engine.results.default_limit must be between 1 and engine.results.max_limit")
     if not 1 <= config.limits.default_nprobe <= config.limits.max_nprobe:
         raise ValueError("engine.limits.default_nprobe must be between 1 and engine.limits.max_nprobe")
+    if (cache_bytes := config.planner.filter_cache_bytes) < 0:
+        raise ValueError(f"engine.planner.filter_cache_bytes must be at least 0, got {cache_bytes}")
     if not config.bm25.k1 >= 0:
         raise ValueError(f"engine.bm25.k1 must be at least 0, got {config.bm25.k1}")
     if not 0 <= config.bm25.b <= 1:

@@ -15,6 +15,11 @@ of one code scanned; conf/engine/default.yaml `planner`) picks the cheapest for 
 (nn KEY :k K :nprobe p) takes the K best of those lists first and only then meets the rest of the
 expression (the paper's top-K mode), so it always scans.
 
+The set A of an (and)'s nn-free children is kept across queries, with the selector, search parameters and
+member clusters built from it (ebr/retrieval/filter_cache.py; invalidated by any change of the index). When
+only the best `limit` results by one radius-mode nn's score are returned, that nn runs as a faiss top-K with
+A as its selector and the radius as a post-filter (the top-K push-down, see `execute`): the same results.
+
 A term with `:min`/`:max` keeps the postings whose payload lies within the bounds (float32, inclusive).
 
 Scores: a result's score is the best of its scores under the expression's scoring operators: for each nn key,
@@ -31,6 +36,7 @@ Ranking operators, at the root of the query (innermost first), re-score the resu
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -40,7 +46,8 @@ import faiss
 import numpy as np
 
 from ebr.config import BM25Params, PlannerCosts, engine_defaults
-from ebr.retrieval.quantized import NNField, Probe
+from ebr.retrieval.filter_cache import FilterCache, FilterEntry, shared_cache
+from ebr.retrieval.quantized import NNField, Probe, SearchParams
 from ebr.retrieval.query import (
     NN,
     And,
@@ -88,7 +95,9 @@ class NNStats:
     codes_estimate: int  # codes in nprobe average clusters (the planner's view of the scan)
     allowed: int | None
     plan: str
-    matches: int
+    matches: int  # hits found (top_k set: of the best top_k, those within the radius)
+    top_k: int | None  # push-down: faiss was asked for the best top_k of the allowed documents (None: all)
+    complete: bool  # every match was found and counted (False: `matches` is a lower bound)
 
 
 @dataclass
@@ -106,9 +115,14 @@ class Hits:
 
     doc_ids: np.ndarray
     scores: np.ndarray
-    total: int  # matches before the limit
+    total: int  # matches before the limit; a lower bound (> the limit) when `total_exact` is False
     nn: list[NNStats] = field(default_factory=list)
     ranking: list[RankingStats] = field(default_factory=list)  # the ranking operators, innermost first
+
+    @property
+    def total_exact(self) -> bool:
+        """False when the top-K push-down stopped before every match was counted (see execute)."""
+        return all(s.complete for s in self.nn)
 
     def as_dicts(self) -> list[dict[str, float | int | None]]:
         return [
@@ -120,13 +134,7 @@ class Hits:
 def check_executable(index: IndexReader, root: Node) -> list[NN | Rerank]:
     """The operators of `root` that need a query embedding (nn, rerank); ExecutionError for an unknown key
     or an unexpanded $text / $anytext."""
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, (Text, AnyText)):
-            raise ExecutionError(node.pos, f"{node} is only allowed when the query text is expanded")
-        stack.extend(children(node))
-    found = vector_nodes(root)
+    found = _prepared(root)[0]
     for node in found:
         if node.key not in index.fields:
             known = ", ".join(sorted(index.fields)) or "none"
@@ -147,15 +155,29 @@ def execute(
     bm25: BM25Params | None = None,
 ) -> Hits:
     """Evaluate `root`; `vectors` holds a unit query vector per nn and rerank key; `query_text` is what
-    `(fuse ...)` scores by BM25; `deadline` is a time.monotonic()."""
+    `(fuse ...)` scores by BM25; `deadline` is a time.monotonic().
+
+    Top-K push-down: when the results are ordered by score and cut to `limit`, and the expression is one
+    radius-mode nn, alone or in an (and) whose other children hold no nn, with no `:score` term and no ranking
+    operator (the result's score is that nn's), faiss is asked for the best `limit + 1` of the allowed
+    documents of the probed lists (more on a tie at the limit) and the radius applied to those: the same
+    results, scores and order as the full evaluation. `Hits.total` then counts the matches found, a lower
+    bound (`total_exact` False) when all of them were within the radius."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-    for node in check_executable(index, root):
-        if node.key not in vectors:
+    needs_vectors, shape = _prepared(root)
+    for node in needs_vectors:
+        if node.key not in vectors or node.key not in index.fields:
+            check_executable(index, root)  # an unknown key: its error
             kind = "nn" if isinstance(node, NN) else "rerank"
             raise ExecutionError(node.pos, f"no query embedding for {kind} key {node.key!r}")
     defaults = engine_defaults()
-    run = _Run(index, vectors, deadline, costs or defaults.planner, query_text, bm25 or defaults.bm25)
+    costs = costs or defaults.planner
+    cache = shared_cache(costs.filter_cache_bytes)
+    run = _Run(index, vectors, deadline, costs, query_text, bm25 or defaults.bm25, cache)
+    if order == "score" and limit is not None and shape is not None:
+        doc_ids, scores, total = run.top(shape, limit)
+        return Hits(doc_ids, scores, total=total, nn=run.stats, ranking=run.ranking)
     ids, scores = run.ranked(root)
     doc_ids = index.doc_ids[ids]
     ranking = _rank(doc_ids, scores, order, limit)
@@ -175,9 +197,58 @@ def match_mask(
     allowed = np.unique(internal[internal >= 0])
     if len(allowed) == 0:
         return np.zeros(len(wanted), dtype=bool)
-    run = _Run(index, vectors or {}, None, engine_defaults().planner, None, engine_defaults().bm25)
+    run = _Run(index, vectors or {}, None, engine_defaults().planner, None, engine_defaults().bm25, None)
     matched = run.eval(root, allowed)
     return (internal >= 0) & member_mask(internal, matched)
+
+
+Shape = tuple[NN, tuple[Node, ...], tuple[str, ...]]  # push-down: the nn, the other children, their key
+_PREPARED: dict[int, tuple[Node, tuple[list[NN | Rerank], Shape | None]]] = {}  # id(root) -> root, facts
+_MEMO_SIZE = 4096
+_SMALL_SORT = 64  # results up to which the push-down orders them in Python
+
+
+def _prepared(root: Node) -> tuple[list[NN | Rerank], Shape | None]:
+    """The operators of `root` that need a query vector, and its push-down shape; memoised per expression
+    object (parse_cached hands out the same ones again), the root kept so that its id is not reused."""
+    memo = _PREPARED.get(id(root))
+    if memo is not None and memo[0] is root:
+        return memo[1]
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (Text, AnyText)):
+            raise ExecutionError(node.pos, f"{node} is only allowed when the query text is expanded")
+        stack.extend(children(node))
+    value = (vector_nodes(root), push_down_shape(root))
+    if len(_PREPARED) >= _MEMO_SIZE:
+        _PREPARED.clear()
+    _PREPARED[id(root)] = (root, value)
+    return value
+
+
+def push_down_shape(root: Node) -> Shape | None:
+    """(the nn, the other children, their filter key) when the top-K push-down applies to `root` (see
+    execute), else None."""
+    if isinstance(root, NN):
+        return (root, (), ()) if root.k is None else None
+    if isinstance(root, And) and not scored_terms(root):
+        nns = [c for c in root.children if nn_nodes(c)]
+        if len(nns) == 1 and isinstance(nns[0], NN) and nns[0].k is None:
+            filters = tuple(c for c in root.children if c is not nns[0])
+            return nns[0], filters, filter_key(filters)
+    return None
+
+
+def filter_key(filters: tuple[Node, ...]) -> tuple[str, ...]:
+    """The filter cache's key of nn-free children: their expressions, sorted (an (and) of them)."""
+    return tuple(sorted(str(f) for f in filters))
+
+
+@functools.lru_cache(maxsize=1024)
+def _min_score(radius: float) -> float:
+    """The least score within `radius` as the float32 the scores are compared with (kept: score >= it)."""
+    return float(np.float32(1.0 - radius))
 
 
 def _rank(doc_ids: np.ndarray, scores: np.ndarray, order: str, limit: int | None) -> np.ndarray:
@@ -203,6 +274,21 @@ def _rank(doc_ids: np.ndarray, scores: np.ndarray, order: str, limit: int | None
 class _Run:
     """State of one evaluation: scores per key, selectors kept alive, statistics."""
 
+    __slots__ = (
+        "index",
+        "vectors",
+        "deadline",
+        "costs",
+        "query_text",
+        "bm25",
+        "cache",
+        "scored",
+        "stats",
+        "ranking",
+        "_keepalive",
+        "_entries",
+    )
+
     def __init__(
         self,
         index: IndexReader,
@@ -211,6 +297,7 @@ class _Run:
         costs: PlannerCosts,
         query_text: str | None,
         bm25: BM25Params,
+        cache: FilterCache | None,
     ):
         self.index = index
         self.vectors = vectors
@@ -218,10 +305,12 @@ class _Run:
         self.costs = costs
         self.query_text = query_text
         self.bm25 = bm25
+        self.cache = cache
         self.scored: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self.stats: list[NNStats] = []
         self.ranking: list[RankingStats] = []
         self._keepalive: list[object] = []
+        self._entries: dict[int, FilterEntry] = {}  # id(allowed ids) -> the filter entry holding them
 
     def check_deadline(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -279,8 +368,17 @@ class _Run:
                 ids = ids[in_bounds(self.index.posting_payloads(node.term), node.low, node.high)]
             return _intersect(ids, allowed)
         if isinstance(node, And):
-            current = allowed
-            for child in self.plan(node):
+            current, order = allowed, self.plan(node)
+            if allowed is None:  # the nn-free children first: their set may be cached, with its selector
+                filters = 0
+                while filters < len(order) and not nn_nodes(order[filters]):
+                    filters += 1
+                if 0 < filters < len(order):
+                    prefix = tuple(order[:filters])
+                    current, order = self.filter_entry(prefix, filter_key(prefix)).ids, order[filters:]
+                    if len(current) == 0:
+                        return _EMPTY
+            for child in order:
                 current = self.eval(child, current)
                 if len(current) == 0:
                     return _EMPTY
@@ -295,6 +393,104 @@ class _Run:
         if isinstance(node, NN):
             return self.nn(node, allowed)
         raise TypeError(f"cannot evaluate {node!r}")
+
+    def filter_entry(
+        self, filters: tuple[Node, ...], key: tuple[str, ...], ordered: bool = True
+    ) -> FilterEntry:
+        """The documents the nn-free `filters` all match, from the cache (by `key`, their `filter_key`) when
+        held; evaluated in their order (`ordered`) or in the planner's."""
+
+        def build() -> np.ndarray:
+            current = None
+            for child in filters if ordered else self._filter_order(filters):
+                current = self.eval(child, current)
+                if len(current) == 0:
+                    break
+            return current
+
+        entry = FilterEntry(build()) if self.cache is None else self.cache.get(self.index, key, build)
+        self._entries[id(entry.ids)] = entry
+        return entry
+
+    def top(self, shape: Shape, limit: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Doc ids and scores of the best `limit` results in order, and the total, by the top-K push-down
+        (see execute) of an expression of that `shape`."""
+        nn, filters, key = shape
+        if self.deadline is not None:
+            self.check_deadline()
+        nn_field = self.index.fields[nn.key]
+        entry, params = None, None
+        if filters:
+            entry = self.filter_entry(filters, key, ordered=len(filters) == 1)
+            if len(entry.ids) == 0:
+                return _EMPTY, np.empty(0, dtype=np.float32), 0
+            plan, params, codes = entry.plan(nn.key, nn.nprobe, self.costs, lambda: self.top_plan(entry, nn))
+        else:
+            plan, codes = "scan", nn_field.expected_codes(nn.nprobe)
+        vector = self.vectors[nn.key]
+        min_score = _min_score(nn.radius)
+        asked = None
+        if plan == "candidates":
+            probe = nn_field.probe(vector, nn.nprobe)
+            ids, scores = self.candidates(nn_field, probe, entry.ids, min_score, entry)
+            complete, best_first = True, False
+        else:  # scores come best first: compared as Python floats (exact float32 values), few numpy calls
+            asked = limit + 1
+            while True:  # until the limit-th score is followed by a lower one, or every candidate is in
+                ids, scores = nn_field.scan_top_k(vector, nn.nprobe, asked, params)
+                found = scores.tolist()
+                if len(found) < asked or found[-1] < min_score or found[-1] < found[limit - 1]:
+                    break
+                asked *= 4
+            complete = len(found) < asked or found[-1] < min_score
+            if found and found[-1] < min_score:  # the radius cuts a tail off
+                cut = next(i for i, score in enumerate(found) if score < min_score)
+                ids, scores, found = ids[:cut], scores[:cut], found[:cut]
+            head = found[: limit + 1]
+            best_first = len(set(head)) == len(head)  # sorted, no two equal: no tie deciding the order
+        allowed = None if entry is None else len(entry.ids)
+        stats = NNStats(nn.key, "radius", nn.nprobe, round(codes), allowed, plan, len(ids), asked, complete)
+        self.stats.append(stats)
+        doc_ids = self.index.doc_ids[ids]
+        if best_first:
+            return doc_ids[:limit], scores[:limit], len(ids)
+        if len(ids) <= _SMALL_SORT:  # a few hits: one Python sort beats numpy's calls (exact float32 keys)
+            ranked = sorted(
+                zip([-x for x in scores.tolist()], doc_ids.tolist(), range(len(ids)), strict=True)
+            )
+            ranking = np.array([row[2] for row in ranked[:limit]], dtype=np.int64)
+        else:
+            ranking = _rank(doc_ids, scores, "score", limit)  # ties by doc id (or the candidates' order)
+        return doc_ids[ranking], scores[ranking], len(ids)
+
+    def _filter_order(self, filters: tuple[Node, ...]) -> tuple[Node, ...]:
+        """nn-free children in the order `plan` evaluates them."""
+        return tuple(sorted(filters, key=lambda c: (isinstance(c, Not), self.estimate(c))))
+
+    def top_plan(self, entry: FilterEntry, nn: NN) -> tuple[str, SearchParams | None, float]:
+        """The cheaper push-down plan for a filter: faiss top-K with the allowed set as a selector, or
+        candidates; with the selector plan's search parameters, and the codes the lists hold."""
+        nn_field = self.index.fields[nn.key]
+        codes = nn_field.expected_codes(nn.nprobe)
+        c, allowed = self.costs, len(entry.ids)
+        members = allowed * codes / max(nn_field.ntotal, 1)
+        build = 0.0 if entry.selector is not None else self.selector_cost(allowed)
+        selector = codes * c.selector_check + build + members
+        candidates = allowed * c.candidate_per_allowed + members * c.candidate_per_hit
+        if selector > candidates:
+            return "candidates", None, codes
+        return "selector", self.entry_params(entry, nn_field, nn), codes
+
+    def entry_params(self, entry: FilterEntry, nn_field: NNField, nn: NN) -> SearchParams:
+        """Search parameters with the entry's selector (built once per entry, key and nprobe)."""
+        pair = entry.params(nn.key, nn.nprobe)
+        if pair is None:
+            c, count = self.costs, self.index.internal_count
+            selector = entry.get_selector(
+                count, len(entry.ids) * c.hash_per_allowed > count * c.bitmap_per_id
+            )
+            pair = entry.set_params(nn.key, nn.nprobe, nn_field.search_params(nn.nprobe, selector))
+        return pair
 
     def plan(self, node: And) -> list[Node]:
         """Children in evaluation order: selective plain children, then (not), then those holding an nn."""
@@ -334,11 +530,18 @@ class _Run:
             plan = "scan"
             ids, scores = nn_field.scan_top_k(vector, node.nprobe, node.k)
         else:
-            plan = "scan" if allowed is None else self.choose_plan(codes, len(allowed), node.radius, nn_field)
+            entry = None if allowed is None else self._entries.get(id(allowed))
+            if allowed is None:
+                plan = "scan"
+            else:
+                plan = self.choose_plan(codes, len(allowed), node.radius, nn_field, entry)
             min_score = 1.0 - node.radius
             if plan == "candidates":
                 probe = nn_field.probe(vector, node.nprobe)
-                ids, scores = self.candidates(nn_field, probe, allowed, min_score)
+                ids, scores = self.candidates(nn_field, probe, allowed, min_score, entry)
+            elif plan == "selector" and entry is not None:
+                params = self.entry_params(entry, nn_field, node)
+                ids, scores = nn_field.scan_radius(vector, node.nprobe, min_score, params=params)
             else:
                 selector = self.selector(allowed) if plan == "selector" else None
                 ids, scores = nn_field.scan_radius(vector, node.nprobe, min_score, selector)
@@ -347,19 +550,22 @@ class _Run:
             ids, scores = ids[keep], scores[keep]
         mode = "radius" if node.k is None else "top-k"
         allowed_count = None if allowed is None else len(allowed)
-        self.stats.append(NNStats(node.key, mode, node.nprobe, round(codes), allowed_count, plan, len(ids)))
+        stats = NNStats(node.key, mode, node.nprobe, round(codes), allowed_count, plan, len(ids), None, True)
+        self.stats.append(stats)
         return ids, scores
 
-    def choose_plan(self, codes: float, allowed: int, radius: float, nn_field: NNField) -> str:
-        """The cheapest radius-mode plan for about `codes` codes in the probed lists and `allowed` ids."""
+    def choose_plan(
+        self, codes: float, allowed: int, radius: float, nn_field: NNField, entry: FilterEntry | None = None
+    ) -> str:
+        """The cheapest radius-mode plan for about `codes` codes in the probed lists and `allowed` ids (a
+        cached filter `entry` may hold its selector already)."""
         c = self.costs
         passing = 1.0 if radius >= 1.0 else c.pass_fraction
         members = allowed * codes / max(nn_field.ntotal, 1)  # allowed ids expected in the probed lists
+        build = 0.0 if entry is not None and entry.selector is not None else self.selector_cost(allowed)
         cost = {
             "scan": codes * (1 + passing * c.scan_result),
-            "selector": codes * c.selector_check
-            + self.selector_cost(allowed)
-            + members * (1 + passing * c.scan_result),
+            "selector": codes * c.selector_check + build + members * (1 + passing * c.scan_result),
             "candidates": allowed * c.candidate_per_allowed + members * c.candidate_per_hit,
         }
         return min(PLANS, key=cost.__getitem__)
@@ -370,10 +576,19 @@ class _Run:
         )
 
     def candidates(
-        self, nn_field: NNField, probe: Probe, allowed: np.ndarray, min_score: float
+        self,
+        nn_field: NNField,
+        probe: Probe,
+        allowed: np.ndarray,
+        min_score: float,
+        entry: FilterEntry | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Allowed documents in the probed clusters, scored from their codes, kept when >= min_score."""
-        clusters = nn_field.clusters_of(allowed)
+        """Allowed documents in the probed clusters, scored from their codes, kept when >= min_score (the
+        clusters of a cached filter's documents are looked up once, and kept with it)."""
+        if entry is not None and entry.ids is allowed:
+            clusters = entry.clusters(nn_field.key, nn_field.clusters_of)
+        else:
+            clusters = nn_field.clusters_of(allowed)
         probed = np.zeros(nn_field.nlist + 1, dtype=bool)  # the last slot stands for "no embedding" (-1)
         probed[probe.lists[probe.lists >= 0]] = True
         hits = allowed[probed[clusters]]

@@ -14,14 +14,24 @@ Folder format (written by `save`, read by `load`):
     forward_offsets.npy       int64, documents + 1
     forward.npy               int32 term ids of each document
     nn/<key>.faiss            the key's IVF index; ids are internal ids, direct map = hashtable
+
+`load(folder, mmap=True)` maps the .npy arrays read-only and reads the faiss inverted lists memory-mapped
+(faiss `IO_FLAG_MMAP`): the pages are the file's, shared by every process serving the folder. Nothing writes
+into a snapshot array (changes go to deltas); a mapped field's lists cannot change, so the first change (or
+compaction) copies them into memory (`own_lists`), in that process only. A mapped field holding every
+document uses an array direct map until then (faiss's hashtable costs five times more, in every process).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from ebr.retrieval.documents import (
@@ -49,6 +59,8 @@ FORMATS = (1, 2)  # 1: no payloads; 2: with postings_payloads.npy
 
 class EngineIndex(IndexReader):
     """An IndexReader that is built, changed in place (realtime changes), compacted and written."""
+
+    _mapped: frozenset[str] = frozenset()  # keys whose faiss lists are still memory-mapped (read-only)
 
     # ----- construction
     @classmethod
@@ -141,6 +153,9 @@ class EngineIndex(IndexReader):
 
     def apply(self, changes: Iterable[Change]) -> None:
         """Apply changes in order; new embeddings are quantised together, one faiss call per key."""
+        changes = list(changes)
+        if changes:
+            self.own_lists()
         pending: dict[str, tuple[list[int], list[np.ndarray]]] = {}
 
         def flush() -> None:
@@ -227,6 +242,7 @@ class EngineIndex(IndexReader):
     # ----- compaction and files
     def compacted(self) -> EngineIndex:
         """A dense snapshot of the live documents (new internal ids in doc order of the old ones)."""
+        self.own_lists()  # faiss cannot clone mapped lists
         live = self.universe()
         mapping = np.full(self.internal_count, -1, dtype=np.int64)
         mapping[live] = np.arange(len(live), dtype=np.int64)
@@ -273,6 +289,7 @@ class EngineIndex(IndexReader):
         if self._delta_forward or self._dead:
             self.compacted().save(folder)
             return
+        self.own_lists()  # faiss would write mapped lists as a reference to their file
         (folder / "nn").mkdir(parents=True, exist_ok=True)
         np.save(folder / "doc_ids.npy", self.doc_ids)
         (folder / "terms.json").write_text(json.dumps(self.terms))
@@ -293,8 +310,21 @@ class EngineIndex(IndexReader):
         }
         (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
+    def own_lists(self) -> None:
+        """Copy memory-mapped faiss lists into memory (they cannot change in place); a no-op once done.
+        Callers hold the engine's write lock: a search must not be scanning the lists being replaced."""
+        for key in sorted(self._mapped):
+            in_memory_lists(self.fields[key].ivf)
+        self._mapped = frozenset()
+
+    @property
+    def mapped(self) -> bool:
+        """Whether some faiss lists are still shared memory maps of the snapshot files."""
+        return bool(self._mapped)
+
     @classmethod
-    def load(cls, folder: Path) -> EngineIndex:
+    def load(cls, folder: Path, mmap: bool = False) -> EngineIndex:
+        """The index saved in `folder`; `mmap`: arrays and faiss lists mapped read-only from the files."""
         meta_path = folder / "meta.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"{folder}: not an engine index folder (no meta.json)")
@@ -303,14 +333,64 @@ class EngineIndex(IndexReader):
             raise ValueError(
                 f"{meta_path}: format {meta.get('format')!r}, this engine reads formats {list(FORMATS)}"
             )
-        fields = {key: NNField.read(key, folder / "nn" / f"{key}.faiss") for key in sorted(meta["keys"])}
-        return cls(
-            np.load(folder / "doc_ids.npy"),
+        keys = sorted(meta["keys"])
+        fields = {key: NNField.read(key, folder / "nn" / f"{key}.faiss", mmap) for key in keys}
+
+        def array(name: str) -> np.ndarray:  # a plain ndarray view: np.memmap's Python-level indexing is slow
+            return np.asarray(np.load(folder / name, mmap_mode="r" if mmap else None))
+
+        index = cls(
+            array("doc_ids.npy"),
             json.loads((folder / "terms.json").read_text()),
-            np.load(folder / "postings_offsets.npy"),
-            np.load(folder / "postings.npy"),
-            np.load(folder / "postings_payloads.npy") if meta["format"] == 2 else None,
-            np.load(folder / "forward_offsets.npy"),
-            np.load(folder / "forward.npy"),
+            array("postings_offsets.npy"),
+            array("postings.npy"),
+            array("postings_payloads.npy") if meta["format"] == 2 else None,
+            array("forward_offsets.npy"),
+            array("forward.npy"),
             fields,
         )
+        if mmap:
+            index._mapped = frozenset(key for key, f in fields.items() if mapped_lists(f.ivf) is not None)
+            dense = [key for key in index._mapped if fields[key].ntotal == index.internal_count]
+            for key in dense:  # ids 0..n-1: an array direct map (8 bytes an id) for faiss's hashtable (~40)
+                fields[key].ivf.set_direct_map_type(faiss.DirectMap.Array)
+            if dense:
+                return_freed_memory()
+        return index
+
+
+def mapped_lists(ivf: faiss.IndexIVF) -> faiss.OnDiskInvertedLists | None:
+    """An IVF's inverted lists when they are a read-only memory map of its file (`IO_FLAG_MMAP`), set not
+    to prefetch (faiss would start its prefetch threads at every search), or None."""
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    if not isinstance(lists, faiss.OnDiskInvertedLists):
+        return None
+    lists.prefetch_nthread = 0
+    return lists
+
+
+def in_memory_lists(ivf: faiss.IndexIVF) -> None:
+    """Replace memory-mapped inverted lists by an in-memory copy, entry for entry (the direct map's list
+    offsets stay valid)."""
+    mapped = mapped_lists(ivf)
+    if mapped is None:
+        return
+    lists = faiss.ArrayInvertedLists(mapped.nlist, mapped.code_size)
+    for list_no in range(mapped.nlist):
+        size = mapped.list_size(list_no)
+        if size:
+            ids, codes = mapped.get_ids(list_no), mapped.get_codes(list_no)
+            lists.add_entries(list_no, size, ids, codes)
+            mapped.release_ids(list_no, ids)
+            mapped.release_codes(list_no, codes)
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()  # the IVF deletes it (and deleted the mapped lists)
+    if ivf.direct_map.type == faiss.DirectMap.Array:  # removals and adds with ids need the hashtable
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+
+
+def return_freed_memory() -> None:
+    """Give freed heap pages back to the system (glibc; elsewhere a no-op): faiss's hashtable replaced at
+    open, an index replaced by a newer generation. Without it they stay resident in the process."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)

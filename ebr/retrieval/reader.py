@@ -10,6 +10,8 @@ faiss lists. Posting lists may therefore contain dead ids; the executor drops th
 
 Payloads live in one float32 array aligned with the postings (NaN: this posting has none), which exists only
 when some term has one: an index without payloads stores and costs exactly what it did before they existed.
+A loaded snapshot's arrays may be read-only memory maps of its files (`EngineIndex.load(mmap=True)`), shared
+by every process that serves it: nothing here writes into them (appends copy an array first).
 The index keeps each document's text length (the sum of its `text:` terms' frequencies), computed from the
 postings when it is built or loaded, for BM25 (ebr/retrieval/scoring.py).
 """
@@ -55,10 +57,13 @@ class IndexReader:
         lengths = text_lengths_from_postings(self.terms, postings_offsets, postings, payloads, len(doc_ids))
         self._text_lengths = Growable(np.float64, lengths)
         self._mean_text_length: float | None = None
-        order = np.argsort(doc_ids, kind="stable")
-        self._base_sorted_doc_ids = doc_ids[order]
-        self._base_sorted_internal = order.astype(np.int64)
-        if len(doc_ids) and np.any(np.diff(self._base_sorted_doc_ids) == 0):
+        if len(doc_ids) and np.all(doc_ids[1:] > doc_ids[:-1]):  # ids in order (built ones): no copy
+            self._base_sorted_doc_ids, self._base_sorted_internal = doc_ids, None
+        else:
+            order = np.argsort(doc_ids, kind="stable")
+            self._base_sorted_doc_ids = doc_ids[order]
+            self._base_sorted_internal = order.astype(np.int64)
+        if self._base_sorted_internal is not None and np.any(np.diff(self._base_sorted_doc_ids) == 0):
             dup = self._base_sorted_doc_ids[np.flatnonzero(np.diff(self._base_sorted_doc_ids) == 0)[0]]
             raise ValueError(f"doc_id {int(dup)} appears twice")
         self._delta: dict[int, Growable] = {}
@@ -97,7 +102,7 @@ class IndexReader:
             return None if internal < 0 else internal
         pos = int(np.searchsorted(self._base_sorted_doc_ids, doc_id))
         if pos < len(self._base_sorted_doc_ids) and self._base_sorted_doc_ids[pos] == doc_id:
-            return int(self._base_sorted_internal[pos])
+            return pos if self._base_sorted_internal is None else int(self._base_sorted_internal[pos])
         return None
 
     def universe(self) -> np.ndarray:
@@ -248,8 +253,7 @@ class IndexReader:
             "documents": self.doc_ids.nbytes
             + self.live_mask.nbytes
             + self.text_lengths.nbytes
-            + self._base_sorted_doc_ids.nbytes
-            + self._base_sorted_internal.nbytes,
+            + (0 if self._base_sorted_internal is None else 2 * self._base_sorted_internal.nbytes),
         }
         arrays.update({f"nn.{key}": f.memory_bytes() for key, f in self.fields.items()})
         return arrays

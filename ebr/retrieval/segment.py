@@ -16,17 +16,16 @@ _TEXT_END = TEXT_PREFIX[:-1] + ";"  # sorts right after every `text:` term (';' 
 
 
 class Growable:
-    """An append-only numpy array (amortised doubling)."""
+    """An append-only numpy array (amortised doubling). The initial array is used as it is (it may be a
+    read-only memory map, shared with other processes) until the first append copies it."""
 
     def __init__(self, dtype: np.dtype | type, initial: np.ndarray | None = None):
-        initial = np.empty(0, dtype=dtype) if initial is None else np.asarray(initial, dtype=dtype)
-        self._buf = np.empty(max(16, 2 * len(initial)), dtype=dtype)
-        self._buf[: len(initial)] = initial
-        self._n = len(initial)
+        self._buf = np.empty(16, dtype=dtype) if initial is None else np.asarray(initial, dtype=dtype)
+        self._n = 0 if initial is None else len(self._buf)
 
     def append(self, value: object) -> None:
         if self._n == len(self._buf):
-            bigger = np.empty(2 * len(self._buf), dtype=self._buf.dtype)
+            bigger = np.empty(max(16, 2 * len(self._buf)), dtype=self._buf.dtype)
             bigger[: self._n] = self._buf[: self._n]
             self._buf = bigger
         self._buf[self._n] = value
@@ -65,5 +64,7 @@ def text_lengths_from_postings(
     """Per document, the sum of the frequencies of its `text:` terms, from the postings of the sorted
     `terms` (the `text:` terms are one range of them)."""
     lo, hi = (int(postings_offsets[bisect.bisect_left(terms, t)]) for t in (TEXT_PREFIX, _TEXT_END))
+    if lo == hi:  # no text: untouched zero pages, no memory until a document gets a text term
+        return np.zeros(n)
     weights = np.ones(hi - lo) if payloads is None else frequencies(payloads[lo:hi])
     return np.bincount(postings[lo:hi], weights=weights, minlength=n)

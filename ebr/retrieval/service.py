@@ -9,7 +9,8 @@ of the served version and replaces it when serving.json names a new version: the
 completely first, then the reference is swapped; requests in flight finish on the old one, which is closed
 (its write lock released) when its last request ends. A version served again while its retired engine still
 holds the lock opens read-only and takes the lock at its first write or the swapper's next check after it is
-freed; `HotSwapper.read_only_reason` says why it is not writable meanwhile.
+freed; `HotSwapper.read_only_reason` says why it is not writable meanwhile. With `engine.store.shared`
+(several server processes) no engine keeps the lock: every one writes, taking it per write (store.py).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class SearchResponse:
             "version": self.version,
             "expr": self.expr,
             "total": self.hits.total,
+            "total_exact": self.hits.total_exact,  # False: total is a lower bound (executor's push-down)
             "took_ms": round(self.took_ms, 3),
             "results": self.hits.as_dicts(),
             "stages": list(self.stages),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from ebr.config import typed
 from ebr.evaluation.ensembles import evaluation_markdown, evaluation_table, fill_weights, specs_from_config
 from ebr.models.features import FeatureSet
 from ebr.models.training import embed_queries, load_module
+from ebr.retrieval.quantized import unsupported_reason
 from ebr.retrieval.retrievers import RetrieverSpec, index_docs, index_queries
 from ebr.runners import SERIAL, Shards
 
@@ -58,10 +60,29 @@ def index_keys(specs: list[RetrieverSpec]) -> list[str]:
     return sorted(keys)
 
 
-def ensembles_and_index(
-    cfg: DictConfig, features: FeatureSet, models: Mapping[str, Any], out: Path, shards: Shards = SERIAL
-) -> dict[str, Any]:
-    """Weights on the tuning sessions, an ANN index tuned per embedding key, the exact-vs-quantised table."""
+@dataclass
+class TuningInputs:
+    """What the step weighs and tunes on: the tuning sessions with a click, each model's vectors."""
+
+    specs: list[RetrieverSpec]  # with the weights chosen on the tuning sessions
+    skipped: list[Any]  # retrievers without their models
+    weight_tables: Any
+    queries: dict[str, np.ndarray]  # per model, the tuning sessions' query embeddings
+    docs: dict[str, np.ndarray]  # per model, the document embeddings
+    targets: list[np.ndarray]  # per tuning session, its clicked document rows
+
+    def index_vectors(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(documents, queries) of the embedding key `key` (a model or an ensemble)."""
+        by_key = {s.index_key: s for s in self.specs} | {
+            k: RetrieverSpec(k, "single", (k,)) for k in self.docs
+        }
+        return index_docs(by_key[key], self.docs), index_queries(by_key[key], self.queries)
+
+
+def tuning_inputs(
+    cfg: DictConfig, features: FeatureSet, models: Mapping[str, Any], shards: Shards = SERIAL
+) -> TuningInputs:
+    """The tuning sessions with a click, their embeddings per model, the ensemble weights chosen on them."""
     rows = features.part_rows("tune")
     targets = clicked_rows(features, rows)
     keep = [i for i, t in enumerate(targets) if len(t)]
@@ -74,13 +95,22 @@ def ensembles_and_index(
     specs, weight_tables = fill_weights(
         specs, queries, docs, targets, int(ecfg["validation_k"]), ecfg["weight_grid"]
     )
+    return TuningInputs(specs, skipped, weight_tables, queries, docs, targets)
+
+
+def ensembles_and_index(
+    cfg: DictConfig, features: FeatureSet, models: Mapping[str, Any], out: Path, shards: Shards = SERIAL
+) -> dict[str, Any]:
+    """Weights on the tuning sessions, an ANN index tuned per embedding key, the exact-vs-quantised table."""
+    inputs = tuning_inputs(cfg, features, models, shards)
+    specs, queries, docs, targets = inputs.specs, inputs.queries, inputs.docs, inputs.targets
     icfg = typed(cfg.index)
-    by_key = {s.index_key: s for s in specs} | {k: RetrieverSpec(k, "single", (k,)) for k in models}
     tuned, indexes = {}, {}
     for key in index_keys(specs):
-        spec, start = by_key[key], time.perf_counter()
+        start = time.perf_counter()
+        key_docs, key_queries = inputs.index_vectors(key)
         result = tune(
-            index_docs(spec, docs), index_queries(spec, queries), icfg, targets, shards, f"ann {key}"
+            key_docs, key_queries, icfg, targets, shards, f"ann {key}", unservable=unsupported_reason
         )
         if result.chosen is None:
             log.warning(
@@ -101,13 +131,15 @@ def ensembles_and_index(
             "table3": table3_markdown(result),
             "target": result.target,
             "points": result.to_dict()["points"],
+            "stopped": result.stopped,
+            "seconds": result.seconds,
         }
     table = evaluation_table(specs, queries, docs, targets, int(icfg.k), indexes)
     (out / "ensembles.md").write_text(evaluation_markdown(table))
     return {
         "retrievers": [s.to_dict() for s in specs],
-        "skipped": skipped,
-        "weights": weight_tables,
+        "skipped": inputs.skipped,
+        "weights": inputs.weight_tables,
         "table": table,
         "operating_points": tuned,
         "tuning_sessions": len(targets),

@@ -12,10 +12,14 @@ from hydra.errors import ConfigCompositionException
 from ebr.ann.knn import exact_knn, one_recall_at, recall_at_k
 from ebr.ann.quantize import (
     build_index,
+    coarse_centroids,
+    code_type,
     expand_schemes,
     pareto_front,
     search_scanned,
+    shares_coarse,
     table3_markdown,
+    training_sample,
     tune,
 )
 from ebr.config import IndexConfig, load_config, retrain_defaults, typed
@@ -201,3 +205,165 @@ def test_tuning_reports_progress_per_scheme_and_logs_each(data, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "ebr.ann.quantize"]
     assert len(lines) == 4 and all(line.startswith("ann x: IVF") for line in lines)
     assert "built and measured in" in lines[0] and "% scanned" in lines[0]
+
+
+# ----- cheaper sweeps, same choice: a shared coarse quantiser, early-stopped nprobe sweeps
+
+
+def _codes(index: faiss.Index) -> list[tuple[np.ndarray, np.ndarray]]:
+    invlists = faiss.extract_index_ivf(index).invlists
+    return [
+        (
+            faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy(),
+            faiss.rev_swig_ptr(invlists.get_codes(i), invlists.list_size(i) * invlists.code_size).copy(),
+        )
+        for i in range(invlists.nlist)
+    ]
+
+
+@pytest.mark.parametrize("factory", ["IVF32,PQ4x8", "IVF32,Flat", "IVF32,SQ8"])
+def test_a_shared_coarse_quantiser_gives_the_codes_of_a_separate_build(data, factory):
+    """The shared centroids are the ones the scheme trains itself: same lists, same codes, bit for bit."""
+    train = training_sample(data.docs, 100_000, 0)
+    coarse = coarse_centroids(train, 32)
+    separate = build_index(factory, data.docs, "inner_product")
+    shared = build_index(factory, data.docs, "inner_product", coarse=coarse, train=train)
+    np.testing.assert_array_equal(faiss.extract_index_ivf(separate).quantizer.reconstruct_n(0, 32), coarse)
+    for (ids_a, codes_a), (ids_b, codes_b) in zip(_codes(separate), _codes(shared), strict=True):
+        np.testing.assert_array_equal(ids_a, ids_b)
+        np.testing.assert_array_equal(codes_a, codes_b)
+
+
+def test_opq_takes_the_shared_quantiser_rotated_at_the_recall_of_its_own(data):
+    """k-means commutes with the OPQ rotation: the rotated shared centroids are a valid coarse quantiser
+    in the rotated space (not bit for bit the one OPQ trains there), at the same recall within noise."""
+    train = training_sample(data.docs, 100_000, 0)
+    coarse = coarse_centroids(train, 32)
+    shared = build_index("OPQ4,IVF32,PQ4x8", data.docs, coarse=coarse, train=train)
+    separate = build_index("OPQ4,IVF32,PQ4x8", data.docs)
+    rotation = faiss.downcast_VectorTransform(shared.chain.at(0))
+    np.testing.assert_allclose(
+        faiss.extract_index_ivf(shared).quantizer.reconstruct_n(0, 32), rotation.apply(coarse), atol=1e-6
+    )
+    for nprobe in (2, 8):
+        recalls = []
+        for index in (shared, separate):
+            _, rows, _ = search_scanned(index, data.queries, 10, nprobe)
+            recalls.append(recall_at_k(rows, data.targets, 10))
+        assert recalls[0] == pytest.approx(recalls[1], abs=0.03)
+
+
+def test_schemes_that_cannot_share_a_coarse_quantiser_are_refused():
+    assert shares_coarse(faiss.index_factory(16, "IVF8,PQ4", faiss.METRIC_INNER_PRODUCT))
+    assert shares_coarse(faiss.index_factory(16, "OPQ4,IVF8,PQ4", faiss.METRIC_INNER_PRODUCT))
+    assert shares_coarse(faiss.index_factory(16, "IVF8,PQ4x4fs", faiss.METRIC_INNER_PRODUCT))
+    assert not shares_coarse(faiss.index_factory(16, "PCAR8,IVF8,PQ4", faiss.METRIC_INNER_PRODUCT))
+    assert not shares_coarse(faiss.index_factory(16, "IMI2x3,PQ4", faiss.METRIC_L2))
+    with pytest.raises(ValueError, match="PCAR8,IVF8,PQ4x8: its coarse quantiser cannot be shared"):
+        build_index("PCAR8,IVF8,PQ4x8", np.eye(16, dtype=np.float32).repeat(40, 0), coarse=np.eye(8, 16))
+
+
+def test_sharing_the_coarse_quantiser_keeps_the_chosen_point(data, small_cfg):
+    cfg = replace(small_cfg, early_stop=False)
+    shared = tune(data.docs, data.queries, cfg, data.targets)
+    separate = tune(data.docs, data.queries, replace(cfg, share_coarse=False), data.targets)
+    assert (shared.chosen.factory, shared.chosen.nprobe) == (separate.chosen.factory, separate.chosen.nprobe)
+    same_space = [p for p in shared.points if p.factory.startswith("IVF")]  # bit-equal codes (test above)
+    by_key = {(p.factory, p.nprobe): p for p in separate.points}
+    assert same_space
+    for p in same_space:
+        q = by_key[p.factory, p.nprobe]
+        assert (p.recall, p.one_recall, p.scanned, p.cost) == (q.recall, q.one_recall, q.scanned, q.cost)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_early_stopped_sweeps_keep_the_chosen_point_of_the_full_sweep(seed):
+    data = clustered_dataset(n_docs=4000, n_queries=200, d=16, n_clusters=40, seed=seed)
+    cfg = index_cfg(
+        factories=("IVF{nlist},PQ{m}x{nbits}", "IVF{nlist},PQ4x8", "IVF{nlist},Flat"),
+        nlists=(16, 64),
+        nprobes=(1, 2, 4, 8, 16, 32, 64),
+        pq_bytes=8,
+        k=10,
+        max_drop=0.03,
+    )
+    full = tune(data.docs, data.queries, replace(cfg, early_stop=False), data.targets)
+    early = tune(data.docs, data.queries, cfg, data.targets)
+    assert (early.chosen.factory, early.chosen.nprobe) == (full.chosen.factory, full.chosen.nprobe)
+    assert early.met == full.met and early.chosen.recall == full.chosen.recall
+    by_key = {(p.factory, p.nprobe): p for p in full.points}
+    for p in early.points:  # a prefix of each scheme's sweep, the same measurements
+        q = by_key[p.factory, p.nprobe]
+        assert (p.recall, p.scanned, p.one_recall) == (q.recall, q.scanned, q.one_recall)
+    assert early.stopped and len(early.points) < len(full.points) and not full.stopped
+    for stop in early.stopped:
+        measured = [p.nprobe for p in early.points if p.factory == stop["factory"]]
+        assert max(measured) == stop["after_nprobe"] and stop["skipped"] and stop["reason"]
+        assert all(n > stop["after_nprobe"] for n in stop["skipped"])
+
+
+# ----- fast-scan codes: measured with the same scanned share, chosen only when servable
+
+
+FAST_SCAN = ("IVF{nlist},PQ16x4fs", "IVF{nlist},RaBitQ", "IVF{nlist},RaBitQfs")  # 16-d: 1-d sub-vectors
+
+
+@pytest.mark.parametrize("factory", ["IVF32,PQ8x4fs", "IVF32,RaBitQ", "IVF32,RaBitQfs"])
+def test_scanned_share_of_fast_scan_codes_is_the_probed_lists(data, factory):
+    index = build_index(factory, data.docs, "inner_product")
+    ivf = faiss.extract_index_ivf(index)
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
+    for nprobe in (1, 4):
+        _, probed = ivf.quantizer.search(data.queries[:50], nprobe)
+        _, _, scanned = search_scanned(index, data.queries[:50], 10, nprobe)
+        assert scanned == pytest.approx(sizes[probed].sum() / (50 * index.ntotal))
+
+
+def test_scanned_share_equals_faiss_ndis_for_flat_codes(data):
+    index = build_index("IVF32,PQ4x8", data.docs, "inner_product")
+    stats = faiss.cvar.indexIVF_stats
+    stats.reset()
+    _, _, scanned = search_scanned(index, data.queries[:50], 10, 4)
+    assert scanned == pytest.approx(stats.ndis / (50 * index.ntotal))
+
+
+def test_fast_scan_points_are_measured_and_servable_only_when_the_caller_serves_them(data):
+    cfg = index_cfg(
+        factories=("IVF{nlist},PQ{m}x{nbits}", *FAST_SCAN),
+        nlists=(32,),
+        nprobes=(1, 2, 4, 8, 16, 32),
+        pq_bytes=8,
+        k=10,
+        max_drop=0.12,  # 4-bit codes lose ~6 points on this set
+        scan_cost={**index_cfg().scan_cost, "IndexIVFPQFastScan": 0.01, "IndexIVFRaBitQFastScan": 0.01},
+    )
+
+    def flat_codes_only(index: faiss.Index) -> str | None:
+        return "blocked codes" if "FastScan" in code_type(index) else None
+
+    refused = tune(data.docs, data.queries, cfg, data.targets, unservable=flat_codes_only)
+    assert {u["factory"]: u["reason"] for u in refused.unservable} == {
+        "IVF32,PQ16x4fs": "blocked codes",
+        "IVF32,RaBitQfs": "blocked codes",
+    }
+    assert "| IVF32,PQ16x4fs | not servable: blocked codes |" in table3_markdown(refused)
+    kinds = {p.factory: p.code_type for p in refused.points}
+    assert set(kinds.values()) == {
+        "IndexIVFPQ",
+        "IndexIVFPQFastScan",
+        "IndexIVFRaBitQ",
+        "IndexIVFRaBitQFastScan",
+    }
+    for p in refused.points:
+        assert p.servable == ("FastScan" not in p.code_type)
+        assert p.cost == pytest.approx(p.scanned * cfg.scan_cost[p.code_type])
+    assert "FastScan" not in refused.chosen.code_type
+    allowed = tune(data.docs, data.queries, cfg, data.targets)  # every inner-product point servable
+    assert all(p.servable for p in allowed.points)
+    assert "FastScan" in allowed.chosen.code_type  # nearly free to scan: the cheapest on target
+
+
+def test_a_code_type_without_a_scan_cost_is_refused(data):
+    cfg = index_cfg(factories=("IVF{nlist},PQ{m}x4fs",), nlists=(32,), nprobes=(1,), pq_bytes=8, scan_cost={})
+    with pytest.raises(ValueError, match="index.scan_cost has no relative cost for IndexIVFPQFastScan"):
+        tune(data.docs, data.queries[:20], cfg)

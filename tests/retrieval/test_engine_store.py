@@ -127,7 +127,7 @@ def test_compaction_starts_a_new_generation(base: Path, tmp_path: Path) -> None:
     engine.delete(101)
     before = snapshot(engine)
     assert engine.compact() == 1
-    assert sorted(p.name for p in state.iterdir()) == ["CURRENT", "LOCK", "snapshots", "wal-1.log"]
+    assert sorted(p.name for p in state.iterdir()) == ["ACKED", "CURRENT", "LOCK", "snapshots", "wal-1.log"]
     assert snapshot(engine) == before and engine.index.dead_count == 0
     engine.update(100, embeddings={"unified": vec(9)})
     after = snapshot(engine)
