@@ -16,7 +16,7 @@ Cheaper sweeps, same choice: one coarse quantiser is trained per nlist and share
 same space (an OPQ rotation gets it rotated: k-means commutes with a rotation); each scheme is encoded once
 and searched at every nprobe; a scheme's sweep stops once its points cost more than a point already on
 target (they can no longer be chosen; `index.past_target` more are measured for the report), or once its
-accuracy stops rising (`index.plateau`).
+accuracy stops rising (`index.plateau`, off by default).
 
 Metric: the configured one (inner product: the retrieval engine scores cosine by inner product), except IMI,
 which faiss only has for L2: IMI points are measured for comparison (on unit vectors |q-d|^2 = 2 - 2 cos,
@@ -495,7 +495,11 @@ def _tune(
                 past += 1  # this point, and every larger nprobe of the scheme, costs more than one on target
             if past > cfg.past_target:
                 why = f"costlier than {best.factory} nprobe {best.nprobe} on target"
-            elif len(mine) > 1 and getattr(point, accuracy) - getattr(mine[-2], accuracy) <= cfg.plateau:
+            elif (
+                cfg.plateau is not None
+                and len(mine) > 1
+                and getattr(point, accuracy) - getattr(mine[-2], accuracy) <= cfg.plateau
+            ):
                 why = f"{accuracy} rose <= {cfg.plateau} from nprobe {mine[-2].nprobe}"
             else:
                 continue
