@@ -386,7 +386,7 @@ class IndexConfig:
     opq_iterations: int | None = None  # OPQ rotation/PQ alternations; None: faiss's default (50)
     early_stop: bool = MISSING  # stop a scheme's nprobe sweep once its points can no longer be chosen
     past_target: int = MISSING  # nprobes still measured after that (the front's report)
-    plateau: float | None = MISSING  # ... or once the accuracy rises by at most this (None: never)
+    plateau: float | None = None  # ... or once the accuracy rises by at most this (None: never)
     scan_cost: dict[str, float] = MISSING  # relative cost per scanned code, per faiss IVF class
 
 
