@@ -10,11 +10,16 @@ subprocess (the console command's code path: config, create_app, uvicorn); the i
 same version with `SearchService.open` in this process:
 
     execute       the bare `execute()` of the parsed expression with its unit vector (the engine alone)
-    service       `SearchService.search` of the same request (what POST /search runs in its worker thread)
+    service       `SearchService.search` of the same request (the search POST /search runs in its thread)
+    answer        what POST /search computes in its thread: `service`, the titles and verticals of the
+                  results (`describe`) and the JSON answer
     http          POST /search to `ebr serve` of this code (served-results log on: the default)
     http-nolog    the same with engine.serving.log_results.enabled=false (the log's own cost)
     http-base     (with --baseline-path) `ebr serve` of another copy of the code, e.g. the previous commit,
                   without httptools and uvloop (hidden: h11 and asyncio, as before they were dependencies)
+    http-bare     the transport alone: uvicorn as `ebr serve` runs it, serving a bare ASGI app that reads the
+                  request and answers a pre-encoded answer of the served version (hybrid request 0's); the
+                  floor of any app on this server is `answer` + `http-bare` (printed as `floor`)
 
 Queries: hybrid `(and (term region:rX) (nn bench :radius 2 :nprobe 16))` (1% filter, its region from the
 query's nearest centre, limit 10) and plain top-10 `(nn bench :k 10 :nprobe 16)`, each with an explicit
@@ -56,6 +61,21 @@ from engine_data import KEY, add_data_args, load
 DATASET = "bench"
 VERSION = "v0001"
 CLI = "import sys; from ebr.cli import main; sys.exit(main())"
+BARE = """
+import json, sys, uvicorn
+port, body = int(sys.argv[1]), open(sys.argv[2], "rb").read()
+health = json.dumps({"status": "ok", "version": sys.argv[3]}).encode()
+async def app(scope, receive, send):
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    content = body if scope["method"] == "POST" else health
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": content})
+print(json.dumps({"url": f"http://127.0.0.1:{port}"}), flush=True)
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+"""
 MIXES = {
     "hybrid": "(and (term region:r{region}) (nn bench :radius 2 :nprobe 16))",
     "top10": "(nn bench :k 10 :nprobe 16)",
@@ -136,15 +156,26 @@ def without_extras(home_dir: Path) -> Path:
 
 
 class Server:
-    """`ebr serve --json` in a subprocess (its stderr to a file), stopped by `stop()`."""
+    """`ebr serve --json ARGS` (or `python -c CODE ARGS`) in a subprocess (its stderr to a file), stopped
+    by `stop()`."""
 
-    def __init__(self, label: str, port: int, home_dir: Path, pythonpath: str | None, args: list[str]):
+    def __init__(
+        self,
+        label: str,
+        port: int,
+        home_dir: Path,
+        pythonpath: str | None,
+        args: list[str],
+        code: str | None = None,
+    ):
         self.label, self.port = label, port
         env = dict(os.environ, EBR_HOME=str(home_dir), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
         if pythonpath:
             env["PYTHONPATH"] = pythonpath
         self.log = open(home_dir / f"server-{label}.log", "w")  # noqa: SIM115 (closed in stop)
         command = [sys.executable, "-c", CLI, "serve", "--port", str(port), "--dataset", DATASET, "--json"]
+        if code is not None:
+            command = [sys.executable, "-c", code]
         self.process = subprocess.Popen(
             [*command, *args], stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd="/"
         )
@@ -233,13 +264,14 @@ class Systems:
     """Callables per system answering request i of a mix; the in-process ones share one service."""
 
     def __init__(self, service: Any, servers: list[Server], mixes: dict[str, list[tuple[str, np.ndarray]]]):
+        from ebr.retrieval.api import answer_json
         from ebr.retrieval.executor import execute
         from ebr.retrieval.query import parse_cached
         from ebr.retrieval.service import SearchRequest
 
         self.service, self.servers, self.mixes = service, servers, mixes
         config = service.config
-        self.execute, self.parse = execute, parse_cached
+        self.execute, self.parse, self.answer_json = execute, parse_cached, answer_json
         self.requests = {
             m: [SearchRequest(expr=e, vector=v.tolist(), limit=10) for e, v in r] for m, r in mixes.items()
         }
@@ -261,7 +293,14 @@ class Systems:
         return total
 
     def names(self) -> list[str]:
-        return ["execute", "service", *(s.label for s in self.servers)]
+        return ["execute", "service", "answer", *(s.label for s in self.servers)]
+
+    def answer(self, mix: str, i: int) -> bytes:
+        """The JSON answer of request i of `mix`, computed as POST /search computes it."""
+        answer = self.service.search(self.requests[mix][i]).to_dict(explain=False)
+        shown = self.service.describe([r["doc_id"] for r in answer["results"]])
+        answer["results"] = [r | d for r, d in zip(answer["results"], shown, strict=True)]
+        return self.answer_json(answer)
 
     def client(self, label: str) -> Client:
         clients = self.local.__dict__.setdefault("clients", {})
@@ -283,6 +322,8 @@ class Systems:
             return len(hits.doc_ids)
         if name == "service":
             return len(self.service.search(self.requests[mix][i]).hits.doc_ids)
+        if name == "answer":
+            return self.answer(mix, i).count(b'"doc_id"')
         try:
             status, body = self.client(name).call(self.bodies[mix][i])
         except (ConnectionError, OSError):  # closed while idle (uvicorn's keep-alive timeout): once more
@@ -297,7 +338,7 @@ def check_answers(systems: Systems, n: int) -> None:
     """Every system returns the same number of results per request (the servers answer the same version)."""
     for mix in systems.mixes:
         for i in range(min(n, len(systems.mixes[mix]))):
-            counts = {name: systems.run(name, mix, i) for name in systems.names()}
+            counts = {name: systems.run(name, mix, i) for name in systems.names() if name != "http-bare"}
             if len(set(counts.values())) != 1:
                 sys.exit(f"{mix} request {i}: the systems disagree on the result count: {counts}")
 
@@ -448,6 +489,11 @@ def main() -> None:
             version_dir, config, writable=False, verify=False, warm=True, dataset=DATASET
         )
         systems = Systems(service, servers, mixes)
+        bare_answer = args.home / "bare-answer.json"
+        bare_answer.write_bytes(systems.answer(next(iter(mixes)), 0))
+        bare_args = [str(port), str(bare_answer), VERSION]
+        servers.append(Server("http-bare", port, args.home, None, bare_args, BARE))
+        port += 1
         check_answers(systems, 20)
         results: dict[str, Any] = {"params": {k: str(v) for k, v in vars(args).items()}, "c1": {}, "c4": {}}
         for mix in mixes:
@@ -487,6 +533,9 @@ def report(results: dict[str, Any]) -> None:
                 f"| {name} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | "
                 f"{r['p50_ms'] / base:.2f}x | {r['client_us']:.0f} | {r['server_us']:.0f} |"
             )
+        if "http-bare" in rows:
+            floor = rows["answer"]["p50_ms"] + rows["http-bare"]["p50_ms"]
+            print(f"\nfloor (answer + http-bare p50): {floor:.3f} ms, {floor / base:.2f}x service")
     for mix, rows in results["c4"].items():
         base = rows["service"]["rps"]
         print(f"\n### concurrency 4, {mix}\n")

@@ -232,15 +232,11 @@ class SearchService:
         wanted = np.asarray(doc_ids, dtype=np.int64)
         rows = np.minimum(np.searchsorted(ids, wanted), max(len(ids) - 1, 0))
         known = ids[rows] == wanted if len(ids) else np.zeros(len(wanted), dtype=bool)
-        titles, verticals = shown["title"], shown["vertical"]
-        out: list[dict[str, str | None]] = []
-        for doc_id, row, in_version in zip(wanted.tolist(), rows.tolist(), known.tolist(), strict=True):
-            if in_version:
-                out.append({"title": titles[row].as_py(), "vertical": verticals[row].as_py()})
-                continue
-            doc = self.engine.document(doc_id)
+        out: list[dict[str, str | None]] = shown.take(rows).to_pylist() if len(ids) else [{}] * len(wanted)
+        for i in np.flatnonzero(~known).tolist():  # added since the version was built
+            doc = self.engine.document(int(wanted[i]))
             term = next((t for t in doc["terms"] if t.startswith("vertical:")), None) if doc else None
-            out.append({"title": None, "vertical": None if term is None else names.get(term, term[9:])})
+            out[i] = {"title": None, "vertical": None if term is None else names.get(term, term[9:])}
         return out
 
     def template(self, vertical: str) -> str:
