@@ -264,14 +264,14 @@ class Systems:
     """Callables per system answering request i of a mix; the in-process ones share one service."""
 
     def __init__(self, service: Any, servers: list[Server], mixes: dict[str, list[tuple[str, np.ndarray]]]):
-        from ebr.retrieval.api import answer_json
+        from ebr.retrieval.api import shown_answer
         from ebr.retrieval.executor import execute
         from ebr.retrieval.query import parse_cached
         from ebr.retrieval.service import SearchRequest
 
         self.service, self.servers, self.mixes = service, servers, mixes
         config = service.config
-        self.execute, self.parse, self.answer_json = execute, parse_cached, answer_json
+        self.execute, self.parse, self.shown_answer = execute, parse_cached, shown_answer
         self.requests = {
             m: [SearchRequest(expr=e, vector=v.tolist(), limit=10) for e, v in r] for m, r in mixes.items()
         }
@@ -296,11 +296,8 @@ class Systems:
         return ["execute", "service", "answer", *(s.label for s in self.servers)]
 
     def answer(self, mix: str, i: int) -> bytes:
-        """The JSON answer of request i of `mix`, computed as POST /search computes it."""
-        answer = self.service.search(self.requests[mix][i]).to_dict(explain=False)
-        shown = self.service.describe([r["doc_id"] for r in answer["results"]])
-        answer["results"] = [r | d for r, d in zip(answer["results"], shown, strict=True)]
-        return self.answer_json(answer)
+        """The JSON answer of request i of `mix`, by the code of POST /search (`shown_answer`)."""
+        return self.shown_answer(self.service, self.service.search(self.requests[mix][i]))
 
     def client(self, label: str) -> Client:
         clients = self.local.__dict__.setdefault("clients", {})

@@ -57,7 +57,7 @@ from ebr.ranking.served_log import ServedLog
 from ebr.retrieval.config import EngineConfig
 from ebr.retrieval.documents import UpdateError
 from ebr.retrieval.executor import NNStats, QueryTimeoutError, RankingStats
-from ebr.retrieval.service import HotSwapper, SearchError, SearchRequest
+from ebr.retrieval.service import HotSwapper, SearchError, SearchRequest, SearchResponse, SearchService
 
 TOKEN_ENV = "EBR_API_TOKEN"
 APP_ENV = "EBR_SERVE_APP"  # `ebr serve --workers N`: {"dataset", "overrides", "workers"} of app_from_env
@@ -358,6 +358,15 @@ def answer_json(answer: dict[str, Any]) -> bytes:
     )
 
 
+def shown_answer(service: SearchService, response: SearchResponse, explain: bool = False) -> bytes:
+    """The JSON answer POST /search sends for `response` of `service`: each result with its title and
+    vertical (`SearchService.describe`)."""
+    answer = response.to_dict(explain=explain)
+    shown = service.describe([r["doc_id"] for r in answer["results"]])
+    answer["results"] = [r | d for r, d in zip(answer["results"], shown, strict=True)]
+    return answer_json(answer)
+
+
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The `responses=` of a route: each status code's ErrorBody and what it means."""
     return {code: {"model": ErrorBody, "description": ERRORS[code]} for code in codes}
@@ -606,10 +615,7 @@ def create_app(
                 left = max(deadline - time.monotonic(), 0.0)  # parsing and reading the body included
                 response = service.search(request, timeout_s=left)
                 served.record(service, request, response)  # queued for the served-results log; never fails
-                answer = response.to_dict(explain=body.explain)
-                shown = service.describe([r["doc_id"] for r in answer["results"]])
-                answer["results"] = [r | d for r, d in zip(answer["results"], shown, strict=True)]
-                return answer_json(answer)
+                return shown_answer(service, response, body.explain)
 
         try:
             return await admitted("search", run, deadline)
